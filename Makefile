@@ -1,0 +1,60 @@
+# yexport: set-up, demo, tests, lint, benchmarks. `make help` lists the targets.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# The torch wheel that these machines keep locally; pyproject admits it, so pip takes it first.
+TORCH_PIN ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: help install install-system install-browser demo test test-fast lint bench bench-quick graphs graphs-check graphs-update clean
+
+help:
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+install: install-system $(STAMP) ## create .venv and install yexport with its dev tools (and Debian's graphviz, chromium)
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH_PIN)"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install-system: ## Debian packages: graphviz (dot) for `yexport graph`, chromium for `yexport render`
+	@if command -v dot >/dev/null && command -v chromium >/dev/null; then echo "graphviz and chromium present"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q graphviz chromium; \
+	else echo "warning: install Debian packages 'graphviz' and 'chromium' (as root) for graph rendering"; fi
+
+install-browser: ## only Chromium (headless browser for `yexport render`)
+	@command -v chromium >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+
+demo: $(STAMP) ## export the bundled yolov5s (fused and keep-bn), check parity, print the summary
+	$(BIN)/yexport export yolov5s --variants fused,keep-bn -o exports
+
+test: $(STAMP) ## the whole test suite (GPU and browser tests skip with a reason where unavailable)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP) ## ruff and mypy
+	$(BIN)/ruff check exporter tests bench
+	$(BIN)/mypy exporter
+
+bench: $(STAMP) ## benchmarks: stage costs, graph quality, start-up, scale (writes bench/results.json)
+	$(BIN)/python bench/run.py
+
+bench-quick: $(STAMP) ## the benchmarks in quick mode (under about 3 minutes)
+	$(BIN)/python bench/run.py --quick
+
+graphs: $(STAMP) ## render graphviz_out/ diagrams of the main fixture variants
+	$(BIN)/python -m exporter.goldens render
+
+graphs-check: $(STAMP) ## re-export the golden variants and diff them against fixtures/golden
+	$(BIN)/python -m exporter.goldens check
+
+graphs-update: $(STAMP) ## rewrite fixtures/golden after an intended graph change
+	$(BIN)/python -m exporter.goldens update
+
+clean:
+	rm -rf exports build dist .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,40 @@
+"""Shared test configuration: markers that skip with a reason where a GPU or a browser is missing."""
+
+from __future__ import annotations
+
+import shutil
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "fixtures"
+
+
+@cache
+def cuda_unusable_reason() -> str | None:
+    """None when CUDA really works for both torch and onnxruntime, else why not."""
+    try:
+        import torch
+    except ImportError:
+        return "torch is not installed"
+    if not torch.cuda.is_available():
+        return "torch sees no CUDA device"
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return "onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    gpu_reason = None
+    browser_reason = None if shutil.which("chromium") else "Debian's chromium is not installed (make install-browser)"
+    for item in items:
+        if "gpu" in item.keywords:
+            gpu_reason = gpu_reason or cuda_unusable_reason()
+            if gpu_reason:
+                item.add_marker(pytest.mark.skip(reason=f"gpu: {gpu_reason}"))
+        if "browser" in item.keywords and browser_reason:
+            item.add_marker(pytest.mark.skip(reason=f"browser: {browser_reason}"))
