@@ -1,11 +1,66 @@
-"""Placeholder: replaced by the real command."""
+"""``yexport info``: model summary."""
 
 from __future__ import annotations
 
+import json
+
 import click
+
+from exporter.cli._options import IMG, load_from_cli, model_options
+
+
+def _list_models() -> None:
+    from exporter.models.zoo import builtin_names, builtin_path, read_config
+
+    click.echo(f"{'name':<16} {'generation':<10} {'levels':>6}  {'depth':>5} {'width':>5}  config")
+    for name in builtin_names():
+        path = builtin_path(name)
+        assert path is not None
+        cfg = read_config(path)
+        gen = "v5.0" if any(row[2] == "Focus" for row in cfg.get("backbone", [])) else "v6+"
+        click.echo(f"{name:<16} {gen:<10} {len(cfg['anchors']):>6}  {cfg.get('depth_multiple', 1):>5} "
+                   f"{cfg.get('width_multiple', 1):>5}  {path.name}")
 
 
 @click.command("info")
-def info() -> None:
-    """(not implemented yet)"""
-    raise click.ClickException("not implemented yet")
+@click.argument("model", required=False, default="yolov5s")
+@model_options
+@click.option("--img", type=IMG, default="640", show_default=True, help="Image size H or H,W for GFLOPs and output shapes.")
+@click.option("--verbose", "-v", is_flag=True, help="Print the per-layer table.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--list", "list_models", is_flag=True, help="List the built-in model names and exit.")
+def info(model: str, cfg: str | None, nc: int | None, seed: int, trust_checkpoint: bool, img: tuple[int, int],
+         verbose: bool, as_json: bool, list_models: bool) -> None:
+    """Summarize MODEL (a built-in name, a YAML config or a checkpoint; default yolov5s): layers,
+    parameters, GFLOPs (stride method and exact), strides, anchors, output shapes."""
+    if list_models:
+        _list_models()
+        return
+    from exporter.analysis.summary import summarize
+
+    lm = load_from_cli(model, cfg, nc, seed, trust_checkpoint)
+    s = summarize(lm.model, img)
+    rows = s.pop("layer_rows")
+    if as_json:
+        # "layers" is the per-layer table in JSON; the module count is "modules"
+        click.echo(json.dumps({"model": lm.describe(), **s, "modules": s["layers"], "layers": rows}, indent=2))
+        return
+    if verbose:
+        click.echo(f"{'':>3} {'from':>18} {'n':>3} {'params':>10}  {'module':<14} arguments")
+        for r in rows:
+            click.echo(f"{r['index']:>3} {str(r['from']):>18} {r['n']:>3} {r['params']:>10,}  {r['module']:<14} {r['arguments']}")
+    h, w = s["img"]
+    click.echo(f"{lm.name} ({lm.kind}, {s.get('nc', '?')} classes, weights: {lm.weights})")
+    click.echo(f"summary: {s['layers']} layers, {s['parameters']:,} parameters, {s['gradients']:,} gradients, "
+               f"{s['gflops']:.1f} GFLOPs at {h}x{w}")
+    click.echo(f"fused: {s['parameters_fused']:,} parameters ({s['batchnorm_layers']} BatchNorm2d layers folded)")
+    click.echo(f"GFLOPs: {s['gflops']:.2f} ({s['gflops_method']}); {s['gflops_exact']:.2f} exact at {h}x{w}")
+    if "strides" in s:
+        click.echo(f"strides: {s['strides']}")
+        for st, a in zip(s["strides"], s["anchors"], strict=True):
+            click.echo(f"anchors P{st.bit_length() - 1}/{st}: {' '.join(f'{w}x{h}' for w, h in a)}")
+    outs = s.get("outputs")
+    if isinstance(outs, dict):
+        click.echo(f"outputs: decoded {outs['decoded']}; raw {outs['raw']}")
+    elif outs is not None:
+        click.echo(f"outputs: {outs}")

@@ -7,7 +7,6 @@ Command modules import torch/onnxruntime only inside their functions, so ``yexpo
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 from typing import Any
 

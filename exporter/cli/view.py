@@ -1,11 +1,24 @@
-"""Placeholder: replaced by the real command."""
+"""``yexport view``: open an ONNX file in Netron."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import click
 
 
 @click.command("view")
-def view() -> None:
-    """(not implemented yet)"""
-    raise click.ClickException("not implemented yet")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback by default).")
+@click.option("--port", type=int, default=None, help="Port to listen on  [default: a free one]")
+@click.option(
+    "--browse/--no-browse",
+    default=True,
+    show_default=True,
+    help="Open a browser (only where a display exists; otherwise the URL is printed).",
+)
+def view(file: Path, host: str, port: int | None, browse: bool) -> None:
+    """Serve FILE (.onnx) with Netron and print its URL; Ctrl-C stops the server."""
+    from exporter.graph.netron import view as serve_until_interrupted
+
+    serve_until_interrupted(file, host=host, port=port, browse=browse, echo=click.echo)

@@ -1,0 +1,183 @@
+"""Build YOLOv5 models from YAML configs (v5.0 and v6.0+ generations, P5 and P6)."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from copy import deepcopy
+from typing import Any
+
+import torch
+from torch import nn
+
+from exporter.errors import ModelError
+from exporter.models.common import CHANNEL_MODULES, MODULES, REPEAT_MODULES, Concat, Conv, Detect
+
+STRIDE_PROBE = 256  # strides are found by one forward pass of a zero 1x3x256x256 image
+
+
+def make_divisible(x: float, divisor: int = 8) -> int:
+    return math.ceil(x / divisor) * divisor
+
+
+def _layer_name(i: int, n_backbone: int) -> str:
+    return f"layer {i} (backbone[{i}])" if i < n_backbone else f"layer {i} (head[{i - n_backbone}])"
+
+
+def parse_model(d: dict[str, Any], ch: list[int]) -> tuple[nn.Sequential, list[int]]:
+    """Turn a config dict into ``nn.Sequential`` layers plus the indices whose outputs are kept."""
+    for key in ("nc", "anchors", "backbone", "head"):
+        if key not in d:
+            raise ModelError(f"config has no '{key}' key (a YOLOv5 config needs nc, anchors, backbone, head)")
+    anchors, nc = d["anchors"], d["nc"]
+    gd, gw = float(d.get("depth_multiple", 1.0)), float(d.get("width_multiple", 1.0))
+    if not isinstance(anchors, list) or not anchors or not all(isinstance(a, list) and len(a) % 2 == 0 for a in anchors):
+        raise ModelError("'anchors' must be a list of per-level lists of pixel pairs, e.g. [[10,13, 16,30, 33,23], ...]")
+    na = len(anchors[0]) // 2
+    no = na * (nc + 5)
+    rows = list(d["backbone"] or []) + list(d["head"] or [])
+    n_backbone = len(d["backbone"] or [])
+    names = {"nc": nc, "anchors": anchors, "None": None}
+    layers: list[nn.Module] = []
+    save: list[int] = []
+    c2 = ch[-1]
+    for i, row in enumerate(rows):
+        where = _layer_name(i, n_backbone)
+        if not isinstance(row, list) or len(row) != 4:
+            raise ModelError(f"{where}: expected [from, number, module, args], got {row!r}")
+        f, n, mname, args = row
+        if mname not in MODULES:
+            known = ", ".join(sorted(MODULES))
+            raise ModelError(f"{where}: unknown module '{mname}' (known: {known})")
+        m = MODULES[mname]
+        if not isinstance(args, list):
+            raise ModelError(f"{where}: args must be a list, got {args!r}")
+        args = [names.get(a, a) if isinstance(a, str) else a for a in args]
+        for src in [f] if isinstance(f, int) else (f if isinstance(f, list) else [None]):
+            if not isinstance(src, int) or not (src == -1 or 0 <= src < i):
+                raise ModelError(
+                    f"{where}: bad 'from' {f!r}: each source must be -1 (previous layer) or the index of an "
+                    f"earlier layer (0..{i - 1})"
+                )
+        if not isinstance(n, int) or n < 1:
+            raise ModelError(f"{where}: 'number' must be a positive integer, got {n!r}")
+        n = n_ = max(round(n * gd), 1) if n > 1 else n
+        if m in CHANNEL_MODULES:
+            if not isinstance(f, int):
+                raise ModelError(f"{where}: {mname} takes one input, 'from' must be one index")
+            if not args or not isinstance(args[0], int):
+                raise ModelError(f"{where}: {mname} needs output channels as its first argument")
+            c1, c2 = ch[f], args[0]
+            if c2 != no:
+                c2 = make_divisible(c2 * gw, 8)
+            args = [c1, c2, *args[1:]]
+            if m in REPEAT_MODULES:
+                args.insert(2, n)
+                n = 1
+        elif m is nn.BatchNorm2d:
+            args = [ch[f]]
+        elif m is Concat:
+            if not isinstance(f, list):
+                raise ModelError(f"{where}: Concat needs a list of sources in 'from'")
+            c2 = sum(ch[x] for x in f)
+        elif m is Detect:
+            if not isinstance(f, list):
+                raise ModelError(f"{where}: Detect needs a list of sources in 'from', one per level")
+            args.append([ch[x] for x in f])
+            if isinstance(args[1], int):
+                args[1] = [list(range(args[1] * 2))] * len(f)
+            if len(args[1]) != len(f):
+                raise ModelError(f"{where}: Detect has {len(f)} inputs but {len(args[1])} anchor levels")
+        else:
+            c2 = ch[f] if isinstance(f, int) else ch[f[0]]
+        try:
+            inspect.signature(m).bind(*args)
+            m_ = nn.Sequential(*(m(*args) for _ in range(n))) if n > 1 else m(*args)
+        except TypeError as exc:
+            raise ModelError(f"{where}: wrong arguments for {mname}: {exc}") from None
+        except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+            raise ModelError(f"{where}: cannot build {mname}{tuple(args)}: {exc}") from None
+        m_.i, m_.f, m_.type, m_.np = i, f, mname, sum(p.numel() for p in m_.parameters())  # type: ignore[assignment]
+        m_.args, m_.n = args, n_  # type: ignore[assignment]
+        save.extend(x % i for x in ([f] if isinstance(f, int) else f) if x != -1)
+        layers.append(m_)
+        if i == 0:
+            ch = []
+        ch.append(c2)
+    if not layers or not isinstance(layers[-1], Detect):
+        raise ModelError("the last layer of the head must be Detect")
+    return nn.Sequential(*layers), sorted(set(save))
+
+
+def initialize_weights(model: nn.Module) -> None:
+    """The official build-time settings: BatchNorm eps 1e-3, momentum 0.03; in-place activations."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eps = 1e-3
+            m.momentum = 0.03
+        elif isinstance(m, (nn.Hardswish, nn.LeakyReLU, nn.ReLU, nn.ReLU6, nn.SiLU)):
+            m.inplace = True
+
+
+def check_anchor_order(m: Detect) -> None:
+    """Anchor order (by area) must follow stride order; reverse it when it does not."""
+    a = m.anchors.prod(-1).mean(-1).view(-1)
+    da = a[-1] - a[0]
+    assert m.stride is not None
+    ds = m.stride[-1] - m.stride[0]
+    if da and (da.sign() != ds.sign()):
+        m.anchors[:] = m.anchors.flip(0)
+
+
+class Model(nn.Module):
+    """A YOLOv5 detection model built from a config dict (``.yaml``), with ``.stride`` and ``.names``."""
+
+    def __init__(self, cfg: dict[str, Any], ch: int = 3, nc: int | None = None, anchors: list | None = None):
+        super().__init__()
+        self.yaml = deepcopy(cfg)
+        if nc is not None and nc != self.yaml.get("nc"):
+            self.yaml["nc"] = int(nc)
+        if anchors is not None:
+            self.yaml["anchors"] = anchors
+        self.model, self.save = parse_model(deepcopy(self.yaml), ch=[ch])
+        self.nc = int(self.yaml["nc"])
+        self.names = [str(i) for i in range(self.nc)]
+        m = self.detect
+        m.output = "raw"
+        with torch.no_grad():
+            feats = self.forward(torch.zeros(1, ch, STRIDE_PROBE, STRIDE_PROBE))
+        m.output = "auto"
+        m.stride = torch.tensor([STRIDE_PROBE / x.shape[-3] for x in feats])
+        check_anchor_order(m)
+        m.anchors /= m.stride.view(-1, 1, 1)
+        self.stride = m.stride
+        m.initialize_biases()
+        initialize_weights(self)
+
+    @property
+    def detect(self) -> Detect:
+        return self.model[-1]  # type: ignore[return-value]
+
+    def forward(self, x: torch.Tensor):
+        y: list[torch.Tensor | None] = []
+        for m in self.model:
+            if m.f != -1:
+                x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]  # type: ignore[assignment]
+            x = m(x)
+            y.append(x if m.i in self.save else None)
+        return x
+
+    def fuse(self) -> Model:
+        """Fold every Conv's BatchNorm into the conv weights (in place); returns self."""
+        from exporter.models.fuse import fuse_conv_bn
+
+        for m in self.modules():
+            if isinstance(m, Conv) and hasattr(m, "bn"):
+                m.conv = fuse_conv_bn(m.conv, m.bn)
+                delattr(m, "bn")
+        return self
+
+    @property
+    def generation(self) -> str:
+        """'v5.0' for a Focus stem, 'v6+' otherwise."""
+        return "v5.0" if any(isinstance(m, MODULES["Focus"]) for m in self.model) else "v6+"
