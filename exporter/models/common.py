@@ -175,8 +175,11 @@ class Detect(nn.Module):
             if decode:
                 grid, anchor_grid = self._make_grid(nx, ny, i)
                 xy, wh, conf = x[i].sigmoid().split((2, 2, self.nc + 1), 4)
-                xy = (xy * 2 + grid) * self._stride(i)
-                wh = (wh * 2) ** 2 * anchor_grid
+                # (2 xy + grid) * stride and (2 wh)^2 * anchor, rearranged so constants fold; strides
+                # are powers of two, so the products round exactly as the textbook form does
+                s = self._stride(i)
+                xy = xy * (2 * s) + grid * s
+                wh = wh * wh * (4 * anchor_grid)
                 z.append(torch.cat((xy, wh, conf), 4).view(bs, self.na * nx * ny, self.no))
         if self.output == "raw" or not decode:
             return x
@@ -185,15 +188,16 @@ class Detect(nn.Module):
         return torch.cat(z, 1), x
 
     def _stride(self, i: int) -> float:
+        # a Python float, so tracing and torch.export see a constant rather than a tensor read
         assert self.stride is not None, "Detect.stride is set when the model is built"
-        return float(self.stride[i])
+        return float(self.stride.tolist()[i])
 
     def _make_grid(self, nx, ny, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cell offsets (1, 1, ny, nx, 2) and anchor sizes in pixels (1, na, 1, 1, 2); both broadcast."""
         d, t = self.anchors.device, self.anchors.dtype
-        shape = (1, self.na, ny, nx, 2)
         yv, xv = torch.meshgrid(torch.arange(ny, device=d, dtype=t), torch.arange(nx, device=d, dtype=t), indexing="ij")
-        grid = torch.stack((xv, yv), 2).expand(shape) - 0.5
-        anchor_grid = (self.anchors[i] * self._stride(i)).view((1, self.na, 1, 1, 2)).expand(shape)
+        grid = (torch.stack((xv, yv), 2) - 0.5).view(1, 1, ny, nx, 2)
+        anchor_grid = (self.anchors[i] * self._stride(i)).view(1, self.na, 1, 1, 2)
         return grid, anchor_grid
 
     def initialize_biases(self) -> None:
