@@ -1,11 +1,26 @@
-"""Placeholder: replaced by the real command."""
+"""``yexport render``: a PNG or SVG of the Netron view of an ONNX file."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import click
 
 
 @click.command("render")
-def render() -> None:
-    """(not implemented yet)"""
-    raise click.ClickException("not implemented yet")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option(
+    "-o", "--output", "out", type=click.Path(path_type=Path), required=True, help="Image to write: OUT.png or OUT.svg."
+)
+@click.option("--width", type=int, default=None, help="PNG width in pixels (a wider graph is scaled down)  [default: the graph's own width]")
+@click.option("--scale", type=float, default=1.0, show_default=True, help="PNG pixel ratio (2 gives sharper text).")
+@click.option("--timeout", type=float, default=120.0, show_default=True, help="Seconds to wait for Netron to draw the graph.")
+def render(file: Path, out: Path, width: int | None, scale: float, timeout: float) -> None:
+    """Draw FILE (.onnx) with Netron in headless Chromium and save the whole graph as PNG or SVG.
+
+    Needs Debian's 'chromium' package (make install-browser) and the 'playwright' Python package.
+    """
+    from exporter.graph.render import render as render_netron
+
+    result = render_netron(file, out, width=width, scale=scale, timeout=timeout)
+    click.echo(f"wrote {result.path} ({result.summary()}) in {result.seconds:.1f} s")

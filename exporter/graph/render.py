@@ -181,6 +181,9 @@ def _screenshot(browser, svg: str, width: int | None, scale: float) -> tuple[byt
     natural_w, natural_h = _svg_size(svg)
     fit = min(1.0, width / natural_w) if width else 1.0
     view_w = width or math.ceil(natural_w)
+    # Netron writes tensor shapes as W〈8×3×3×3〉 with CJK angle brackets that most Linux machines
+    # without CJK fonts draw as boxes; the mathematical angle brackets look the same and are in DejaVu.
+    svg = svg.replace("\u3008", "\u27e8").replace("\u3009", "\u27e9")
     page = browser.new_page(viewport={"width": view_w, "height": 800}, device_scale_factor=scale)
     try:
         page.set_content(f'<!DOCTYPE html><html><body style="margin:0;background:#fff">{svg}</body></html>')
