@@ -612,13 +612,13 @@ def _collapsed(g: _Graph, dot: _Dot, diff: _Diff | None, layers: Mapping[int, st
             attrs.update({"fontsize": "11", "margin": "0.15,0.06"})
             box_count += 1
         if diff:
-            added = sum(1 for i in b.nodes if i in diff.added)
-            removed = sum(1 for j in diff.removed if _other_owner(diff, j) == b.key)
-            if added == len(b.nodes):
+            added = Counter(g.nodes[i].op_type for i in b.nodes if i in diff.added)
+            removed = Counter(diff.other.nodes[j].op_type for j in diff.removed if _other_owner(diff, j) == b.key)
+            if sum(added.values()) == len(b.nodes):
                 attrs.update(_ADDED)
             elif added or removed:
-                attrs.update({"color": _REMOVED["color"] if removed and not added else _ADDED["color"], "penwidth": "2"})
-                attrs["label"] += "\n" + " ".join(x for x in (f"+{added}" if added else "", f"−{removed}" if removed else "") if x) + " ops"
+                attrs.update({"color": _ADDED["color"] if added and not removed else _REMOVED["color"], "penwidth": "2"})
+                attrs["label"] += "\n" + _change_text(added, removed)
         dot.node(ids[b.key], attrs)
     for b in blocks:
         for i in b.nodes:
@@ -647,6 +647,11 @@ def _collapsed(g: _Graph, dot: _Dot, diff: _Diff | None, layers: Mapping[int, st
             dot.node(f"gone{n}", {"label": f"− {label}\n(removed)", "style": "dashed,rounded,filled", "tooltip": key,
                                   **_REMOVED})
     return box_count
+
+
+def _change_text(added: Counter[str], removed: Counter[str], limit: int = 3) -> str:
+    items = [f"+{n} {op}" for op, n in added.most_common()] + [f"−{n} {op}" for op, n in removed.most_common()]
+    return " ".join(items[:limit]) + (f" (+{len(items) - limit} more)" if len(items) > limit else "")
 
 
 def _other_owner(diff: _Diff, j: int) -> str:

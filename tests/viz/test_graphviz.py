@@ -145,8 +145,9 @@ def test_highlight_removed_and_added(toy_onnx, toy_fused_onnx):
 def test_highlight_collapsed(toy_onnx, toy_fused_onnx):
     graph = gv.build_dot(load_onnx(toy_fused_onnx), collapse="modules", highlight=load_onnx(toy_onnx))
     labels = node_labels(graph.text)
-    assert labels["b0"].endswith("−1 ops") and labels["b6"].endswith("−1 ops")
-    assert not labels["b4"].endswith("ops")
+    assert labels["b0"].endswith("\n−1 BatchNormalization") and labels["b6"].endswith("\n−1 BatchNormalization")
+    assert "#c62828" in next(line for line in graph.text.splitlines() if line.lstrip().startswith('"b0"'))
+    assert labels["b4"] == "4: Upsample\n1×32×16×16"
 
 
 def test_unknown_collapse_is_config_error(toy_onnx):
