@@ -1,0 +1,235 @@
+"""What is inside an ONNX file: interface, ops, parameters, FLOPs, metadata. Never reads weights.
+
+Parameter counts and bytes come from initializer dims and dtypes, so a model whose weights live in
+external data is inspected without touching them. FLOPs are counted for Conv, ConvTranspose, Gemm
+and MatMul from shapes found by ONNX shape inference, 2 per multiply-add (bias adds not counted); a
+node whose shapes are not all known numbers is counted as unknown rather than guessed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any, TypeGuard
+
+from exporter.graph._canon import (
+    dtype_bytes,
+    dtype_long,
+    infer_value_types,
+    load_any,
+    numel,
+    shape_list,
+)
+
+__all__ = ["WATCHED_OPS", "FLOP_OPS", "inspect", "format_report"]
+
+# ops whose count a reviewer wants to see at a glance (BN kept? shape clutter? layout shuffles?)
+WATCHED_OPS = ("BatchNormalization", "Shape", "Gather", "Identity", "Resize", "Reshape", "Transpose")
+FLOP_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+_UNKNOWN_LISTED = 20
+
+
+def _value_info(vi: Any) -> dict[str, Any]:
+    tp = vi.type
+    which = tp.WhichOneof("value")
+    if which == "tensor_type":
+        dtype = dtype_long(tp.tensor_type.elem_type)
+    else:
+        dtype = which or "unknown"
+    return {"name": vi.name, "dtype": dtype, "shape": shape_list(tp)}
+
+
+def _known(shape: list | None) -> TypeGuard[list[int]]:
+    return shape is not None and all(isinstance(d, int) and d >= 0 for d in shape)
+
+
+def _node_flops(node: Any, shapes: dict[str, list | None]) -> int | None:
+    """FLOPs (2 per multiply-add) of one node, or None when its shapes are not known."""
+    op = node.op_type
+    ins = [shapes.get(x) if x else None for x in node.input]
+    out = shapes.get(node.output[0]) if node.output else None
+    if op == "Conv":
+        w = ins[1] if len(ins) > 1 else None
+        if not (_known(w) and _known(out) and len(w) >= 2):
+            return None
+        return 2 * numel(out) * numel(w[1:])
+    if op == "ConvTranspose":
+        x, w = ins[0], ins[1] if len(ins) > 1 else None
+        if not (_known(x) and _known(w) and len(w) >= 2):
+            return None
+        return 2 * numel(x) * numel(w[1:])
+    if op == "Gemm":
+        a = ins[0]
+        if not (_known(a) and _known(out) and len(a) == 2):
+            return None
+        trans_a = next((at.i for at in node.attribute if at.name == "transA"), 0)
+        k = a[0] if trans_a else a[1]
+        return 2 * numel(out) * k
+    if op == "MatMul":
+        a = ins[0]
+        if not (_known(a) and _known(out) and len(a) > 0):
+            return None
+        return 2 * numel(out) * a[-1]
+    return None
+
+
+def inspect(path_or_model: str | os.PathLike[str] | Any) -> dict[str, Any]:
+    """Summary of an ONNX file or ModelProto as one JSON-ready dict (weights are never read)."""
+    model, _base_dir, path = load_any(path_or_model)
+    g = model.graph
+    types, infer_error = infer_value_types(model)
+
+    init_names = {t.name for t in g.initializer}
+    params = param_bytes = 0
+    ext_count = ext_bytes = 0
+    ext_files: set[str] = set()
+    for t in g.initializer:
+        n = numel(t.dims)
+        params += n
+        param_bytes += dtype_bytes(t.data_type, n)
+        if t.data_location == 1:
+            ext_count += 1
+            ext_bytes += dtype_bytes(t.data_type, n)
+            loc = next((e.value for e in t.external_data if e.key == "location"), "")
+            ext_files.add(loc)
+    for st in g.sparse_initializer:
+        n = numel(st.values.dims)
+        params += n
+        param_bytes += dtype_bytes(st.values.data_type, n)
+
+    ops = Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}" for n in g.node)
+    histogram = dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0])))
+    sub_nodes = 0
+    for n in g.node:
+        for a in n.attribute:
+            for sg in ([a.g] if a.type == 5 else list(a.graphs) if a.type == 10 else []):
+                sub_nodes += _count_nodes(sg)
+
+    shapes: dict[str, list | None] = {}
+
+    def shape_of(name: str) -> list | None:
+        if name not in shapes:
+            tp = types.get(name)
+            shapes[name] = shape_list(tp) if tp is not None else None
+        return shapes[name]
+
+    flops_by_op: dict[str, int] = {}
+    unknown: list[dict[str, str]] = []
+    unknown_count = 0
+    for n in g.node:
+        if n.op_type not in FLOP_OPS or n.domain not in ("", "ai.onnx"):
+            continue
+        for x in list(n.input[:2]) + list(n.output[:1]):
+            if x:
+                shape_of(x)
+        f = _node_flops(n, shapes)
+        if f is None:
+            unknown_count += 1
+            if len(unknown) < _UNKNOWN_LISTED:
+                unknown.append({"op": n.op_type, "name": n.name})
+        else:
+            flops_by_op[n.op_type] = flops_by_op.get(n.op_type, 0) + f
+
+    file_bytes = None
+    if path is not None:
+        try:
+            file_bytes = Path(path).stat().st_size
+        except OSError:
+            pass
+    report: dict[str, Any] = {
+        "path": path,
+        "file_bytes": file_bytes,
+        "ir_version": int(model.ir_version),
+        "opset_import": {(o.domain or "ai.onnx"): int(o.version) for o in model.opset_import},
+        "producer": {"name": model.producer_name, "version": model.producer_version},
+        "graph_name": g.name,
+        "inputs": [_value_info(vi) for vi in g.input if vi.name not in init_names],
+        "outputs": [_value_info(vi) for vi in g.output],
+        "node_count": len(g.node),
+        "subgraph_node_count": sub_nodes,
+        "op_histogram": histogram,
+        "watched_ops": {op: ops.get(op, 0) for op in WATCHED_OPS},
+        "initializer_count": len(g.initializer) + len(g.sparse_initializer),
+        "parameters": params,
+        "parameter_bytes": param_bytes,
+        "external_data": {"initializers": ext_count, "bytes": ext_bytes, "files": sorted(ext_files)},
+        "flops": {
+            "total": sum(flops_by_op.values()),
+            "by_op": dict(sorted(flops_by_op.items())),
+            "unknown_nodes": unknown_count,
+            "unknown": unknown,
+            "convention": "2 per multiply-add; Conv, ConvTranspose, Gemm, MatMul only",
+        },
+        "metadata_props": {p.key: p.value for p in model.metadata_props},
+        "shape_inference": "ok" if infer_error is None else infer_error,
+    }
+    return report
+
+
+def _count_nodes(graph: Any) -> int:
+    total = len(graph.node)
+    for n in graph.node:
+        for a in n.attribute:
+            for sg in ([a.g] if a.type == 5 else list(a.graphs) if a.type == 10 else []):
+                total += _count_nodes(sg)
+    return total
+
+
+def _human(n: float, unit: str = "") -> str:
+    for div, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.2f} {suffix}{unit}"
+    return f"{n:g} {unit}".rstrip()
+
+
+def _bytes(n: int) -> str:
+    for div, suffix in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
+        if n >= div:
+            return f"{n / div:.1f} {suffix}"
+    return f"{n} B"
+
+
+def _shape_text(shape: list | None) -> str:
+    if shape is None:
+        return "[?]"
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def format_report(r: dict[str, Any]) -> str:
+    """The human-readable form of :func:`inspect`'s dict."""
+    lines = []
+    size = f"{_bytes(r['file_bytes'])}, " if r.get("file_bytes") is not None else ""
+    opsets = ", ".join(f"{d} {v}" for d, v in r["opset_import"].items())
+    prod = " ".join(x for x in (r["producer"]["name"], r["producer"]["version"]) if x) or "unknown"
+    lines.append(f"{r['path'] or '<model>'}  ({size}ir_version {r['ir_version']}, opset {opsets}, producer {prod})")
+    for title in ("inputs", "outputs"):
+        lines.append(f"{title}:")
+        width = max((len(v["name"]) for v in r[title]), default=0)
+        for v in r[title]:
+            lines.append(f"  {v['name']:<{width}}  {v['dtype']:<8} {_shape_text(v['shape'])}")
+    sub = f" (+{r['subgraph_node_count']} in subgraphs)" if r["subgraph_node_count"] else ""
+    lines.append(f"nodes:        {r['node_count']}{sub}")
+    ext = r["external_data"]
+    ext_text = f", {ext['initializers']} external ({_bytes(ext['bytes'])} in {', '.join(ext['files'])})" if ext["initializers"] else ""
+    lines.append(f"parameters:   {r['parameters']:,} ({_bytes(r['parameter_bytes'])}) in "
+                 f"{r['initializer_count']} initializers{ext_text}")
+    fl = r["flops"]
+    by_op = ", ".join(f"{op} {_human(v)}" for op, v in fl["by_op"].items())
+    unknown = ""
+    if fl["unknown_nodes"]:
+        names = ", ".join(u["name"] or u["op"] for u in fl["unknown"][:5])
+        more = ", ..." if fl["unknown_nodes"] > 5 else ""
+        unknown = f"; {fl['unknown_nodes']} nodes with unknown shapes not counted ({names}{more})"
+    lines.append(f"FLOPs:        {_human(fl['total'])}" + (f" ({by_op})" if by_op else "") +
+                 f"  [2 per multiply-add{unknown}]")
+    lines.append("watched ops:  " + ", ".join(f"{op} {n}" for op, n in r["watched_ops"].items()))
+    lines.append("op histogram: " + ", ".join(f"{op} {n}" for op, n in r["op_histogram"].items()))
+    if r["metadata_props"]:
+        lines.append("metadata:")
+        for k, v in r["metadata_props"].items():
+            v1 = v if len(v) <= 100 else v[:97] + "..."
+            lines.append(f"  {k} = {v1}".replace("\n", " "))
+    if r["shape_inference"] != "ok":
+        lines.append(f"note: {r['shape_inference']}")
+    return "\n".join(lines) + "\n"
