@@ -1,11 +1,76 @@
-"""Placeholder: replaced by the real command."""
+"""``yexport fuse-check``: Conv+BN fusion error per pair and for the whole model."""
 
 from __future__ import annotations
 
+import json
+
 import click
+
+from exporter.cli._options import IMG, load_from_cli, model_options
+
+DEFAULT_THRESHOLD = 1e-5  # kept equal to exporter.analysis.fuse_check.DEFAULT_THRESHOLD (no torch import here)
+
+
+def _shape(s: list[int]) -> str:
+    return "x".join(str(d) for d in s)
 
 
 @click.command("fuse-check")
-def fuse_check() -> None:
-    """(not implemented yet)"""
-    raise click.ClickException("not implemented yet")
+@click.argument("model", required=False, default="yolov5s")
+@model_options
+@click.option("--img", type=IMG, default="640", show_default=True, help="Image size H or H,W of the seeded input.")
+@click.option("--threshold", type=click.FloatRange(min=0), default=DEFAULT_THRESHOLD, show_default=True,
+              help="Largest relative error ||y - y_fused|| / ||y|| allowed per Conv+BN pair.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def fuse_check(model: str, cfg: str | None, nc: int | None, seed: int, trust_checkpoint: bool,
+               img: tuple[int, int], threshold: float, as_json: bool) -> None:
+    """Check Conv+BatchNorm fusion of MODEL (default yolov5s), pair by pair and as a whole.
+
+    Each Conv+BN pair runs on its real input (captured in one forward pass on a seeded image), unfused,
+    fused by yexport and fused by torch.nn.utils.fusion.fuse_conv_bn_eval. The whole model is then
+    compared fused vs unfused with the parity tolerance |a-b| <= 1e-3 + 1e-3*|ref|.
+    Exits 1 when a pair is above --threshold or the whole model is out of tolerance.
+    """
+    from exporter.analysis.fuse_check import fuse_check as run_check
+
+    lm = load_from_cli(model, cfg, nc, seed, trust_checkpoint)
+    report = run_check(lm.model, img, threshold, seed=seed)
+    if as_json:
+        click.echo(json.dumps({"model": lm.describe(), **report.to_dict()}, indent=2))
+    else:
+        _print(lm.name, report)
+    if not report:
+        click.get_current_context().exit(1)
+
+
+def _print(name: str, report) -> None:
+    click.echo("relative errors ||y - y_fused|| / ||y|| of each pair's BN output on its real input")
+    click.echo(f"{'conv':<22} {'input':>16} {'ours':>9} {'torch':>9} {'ours-torch':>10}  ok")
+    for p in report.pairs:
+        click.echo(f"{p.conv:<22} {_shape(p.input_shape):>16} {p.rel_error:>9.2e} {p.rel_error_torch:>9.2e} "
+                   f"{p.fusions_rel_diff:>10.2e}  {'yes' if p.passed else 'NO'}")
+    for s in report.skipped:
+        click.echo(f"skipped {s}")
+    h, w = report.img
+    click.echo(f"{name}: {len(report.pairs)} Conv+BN pairs (found via {report.method}), "
+               f"seeded input 1x3x{h}x{w}")
+    worst = report.worst
+    if worst is not None:
+        failing = [p for p in report.pairs if not p.passed]
+        verdict = f"{len(failing)} above" if failing else "all below"
+        click.echo(f"worst pair: {worst.conv} {worst.rel_error:.2e} relative error; {verdict} "
+                   f"the threshold {report.threshold:.0e}")
+        d = report.to_dict()
+        click.echo(f"torch fuse_conv_bn_eval: worst {d['max_rel_error_torch']:.2e}; ours vs torch: outputs "
+                   f"{d['max_fusions_rel_diff']:.2e} relative (max abs {d['max_fusions_diff']:.2e}), "
+                   f"fused weights {d['max_weights_rel_diff']:.2e} relative")
+    m = report.model
+    if m is not None:
+        click.echo(f"whole model, fused ({m.fused_with}) vs unfused: max abs {m.max_abs:.2e}, max rel {m.max_rel:.2e} "
+                   f"(where |ref| > {m.atol:g}), rel norm {m.rel_norm:.2e}")
+        for o in m.per_output:
+            click.echo(f"  output {_shape(o['shape']):>16}: max abs {o['max_abs']:.2e} (max |ref| {o['max_ref']:.3g}), "
+                       f"{100 * o['tolerance_used']:.1f}% of tolerance")
+        click.echo(f"  |a-b| <= {m.atol:g} + {m.rtol:g}*|ref|: {'within' if m.within_tolerance else 'OUT OF'} tolerance "
+                   f"({100 * m.tolerance_used:.1f}% used)")
+    click.echo("PASS" if report else "FAIL")
