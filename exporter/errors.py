@@ -36,6 +36,8 @@ class StageError(YexportError):
 
     def __init__(self, stage: str, before: list[str], cause: BaseException) -> None:
         self.stage, self.before, self.cause = stage, list(before), cause
+        if isinstance(cause, YexportError):
+            self.exit_code = cause.exit_code  # a usage error inside a stage is still a usage error
         after = f" after: {', '.join(before)}" if before else ""
         super().__init__(f"stage '{stage}' failed{after}: {cause}")
 

@@ -1,0 +1,129 @@
+"""``exporter.export``: the library form of ``yexport export``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from exporter import __version__
+from exporter.io import atomic_write
+from exporter.options import ExportOptions, variant_options
+from exporter.pipeline import Context, StageRecord, op_counts, run_pipeline
+
+
+@dataclass
+class ExportResult:
+    """One written file (or one that failed parity), its manifest and its report."""
+
+    variant: str
+    path: Path
+    manifest_path: Path | None
+    options: ExportOptions
+    records: tuple[StageRecord, ...]
+    parity: Any  # ParityReport | None
+    parity_unsimplified: Any
+    nodes: int
+    ops: dict[str, int]
+    size: int
+    seconds: float
+    notes: tuple[str, ...] = ()
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and (self.parity is None or bool(self.parity))
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"yexport": __version__, "python": platform.python_version()}
+    for name in ("torch", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxsim", "onnxscript"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            continue
+    return out
+
+
+def export_one(source: Any, options: ExportOptions, path: str | Path, variant: str = "") -> ExportResult:
+    """Run the pipeline for one options set and write ``path`` (and its manifest) atomically.
+
+    A file that fails parity is written beside the target as ``NAME.parity-failed.onnx`` so it can
+    be inspected, and an existing good file at ``path`` is left as it was.
+    """
+    from exporter.stages import STAGES
+
+    options.validate()
+    path = Path(path)
+    t0 = time.perf_counter()
+    ctx = run_pipeline(Context(options=options, source=source), STAGES)
+    failures = [f"{r.name}: {r.error}" for r in ctx.records if not r.ok]
+    data = ctx.onnx.SerializeToString()
+    passed = ctx.parity is None or bool(ctx.parity)
+    target = path if passed else path.with_name(path.stem + ".parity-failed.onnx")
+    t_write = time.perf_counter()
+    atomic_write(target, data)
+    write_rec = StageRecord("write", True, round(time.perf_counter() - t_write, 4), None, None,
+                            f"{target.name} ({len(data):,} bytes)", "none")
+    records = (*ctx.records, write_rec)
+    ops = dict(sorted(op_counts(ctx.onnx).items()))
+    seconds = time.perf_counter() - t0
+    result = ExportResult(variant or "export", target, None, options, records, ctx.parity, ctx.parity_unsimplified,
+                          len(ctx.onnx.graph.node), ops, len(data), seconds, ctx.notes, failures)
+    manifest = {
+        "file": target.name,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "bytes": len(data),
+        "variant": result.variant,
+        "model": source.describe(),
+        "options": options.describe(),
+        "opset": options.opset,
+        "stages": [r.as_dict() for r in records],
+        "nodes": result.nodes,
+        "ops": ops,
+        "notes": list(ctx.notes),
+        "failures": failures,
+        "parity": ctx.parity.to_dict() if ctx.parity is not None else None,
+        "parity_before_simplify": ctx.parity_unsimplified.to_dict() if ctx.parity_unsimplified is not None else None,
+        "versions": versions(),
+        "seconds": round(seconds, 3),
+    }
+    result.manifest_path = atomic_write(target.with_suffix(".json"), json.dumps(manifest, indent=2) + "\n")
+    return result
+
+
+def export(
+    model: Any = "yolov5s",
+    *,
+    variants: list[str] | None = None,
+    out_dir: str | Path = "exports",
+    name: str | None = None,
+    options: ExportOptions | None = None,
+    **option_changes: Any,
+) -> list[ExportResult]:
+    """Export ``model`` (a built-in name, YAML, checkpoint, ``LoadedModel`` or ``nn.Module``) to ONNX.
+
+    ``options`` (or keyword changes to the defaults, e.g. ``keep_bn=True``) describe one file;
+    ``variants`` (e.g. ``['fused', 'keep-bn']``) make one file per variant, named ``NAME-VARIANT.onnx``.
+    Returns one :class:`ExportResult` per file; the caller's model is never modified.
+    """
+    from exporter.models import LoadedModel, load_model
+
+    opts = (options or ExportOptions()).replace(**option_changes) if option_changes else (options or ExportOptions())
+    if isinstance(model, LoadedModel):
+        source = model
+    elif hasattr(model, "forward") and hasattr(model, "parameters"):
+        source = LoadedModel(model, type(model).__name__.lower(), "nn.Module", "module", "", "caller's module")
+    else:
+        source = load_model(model, seed=opts.seed)
+    stem = name or source.name
+    out = Path(out_dir)
+    if not variants:
+        return [export_one(source, opts, out / f"{stem}.onnx")]
+    return [export_one(source, variant_options(opts, v), out / f"{stem}-{v}.onnx", v) for v in variants]

@@ -1,0 +1,95 @@
+"""The export pipeline: an ordered tuple of small stages over one context.
+
+``run_pipeline`` is the one place that decides whether a stage runs, times it, records what it
+changed, and wraps its errors with the names of the stages that ran before it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from exporter.errors import StageError, YexportError
+from exporter.options import ExportOptions
+
+
+@dataclass(frozen=True)
+class Context:
+    """What flows through the stages. Stages return a new context (``ctx.replace(...)``)."""
+
+    options: ExportOptions
+    source: Any  # exporter.models.LoadedModel: the caller's model, never modified
+    model: Any = None  # the prepared private copy that is captured
+    example: Any = None  # example input tensor
+    onnx: Any = None  # onnx.ModelProto
+    unsimplified: Any = None  # the graph before --simplify, for parity before and after
+    parity: Any = None  # exporter.parity.ParityReport of the final graph
+    parity_unsimplified: Any = None
+    path: Any = None  # where the file was written
+    change: str = ""  # what the current stage did (moved into its record by the pipeline)
+    failure: str = ""  # a stage that failed without stopping the export (e.g. simplify) says why
+    records: tuple[StageRecord, ...] = ()
+    notes: tuple[str, ...] = ()  # honest statements about numerics, for the report
+
+    def replace(self, **changes: Any) -> Context:
+        return dataclasses.replace(self, **changes)
+
+    def note(self, text: str) -> Context:
+        return self.replace(notes=(*self.notes, text))
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    name: str
+    ok: bool
+    seconds: float
+    nodes_before: int | None
+    nodes_after: int | None
+    changed: str
+    numerics: str
+    error: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A named step. ``run`` takes and returns a :class:`Context`; ``when`` decides from the options
+    whether it runs; ``numerics`` says what it does to the numbers (for the manifest)."""
+
+    name: str
+    run: Callable[[Context], Context]
+    when: Callable[[ExportOptions], bool] = field(default=lambda o: True)
+    numerics: str = "none"
+
+
+def op_counts(model: Any) -> Counter[str]:
+    return Counter(n.op_type for n in model.graph.node) if model is not None else Counter()
+
+
+def run_pipeline(ctx: Context, stages: Sequence[Stage]) -> Context:
+    """Run the enabled ``stages`` in order; returns the final context with one record per stage."""
+    done: list[str] = []
+    for stage in stages:
+        if not stage.when(ctx.options):
+            continue
+        before = len(ctx.onnx.graph.node) if ctx.onnx is not None else None
+        t0 = time.perf_counter()
+        try:
+            new = stage.run(ctx)
+        except StageError:
+            raise
+        except (YexportError, Exception) as exc:
+            raise StageError(stage.name, done, exc) from exc
+        seconds = time.perf_counter() - t0
+        after = len(new.onnx.graph.node) if new.onnx is not None else None
+        record = StageRecord(stage.name, not new.failure, round(seconds, 4), before, after,
+                             new.change, stage.numerics, new.failure)
+        ctx = new.replace(records=(*ctx.records, record), change="", failure="")
+        done.append(stage.name)
+    return ctx

@@ -1,0 +1,87 @@
+"""capture: run a torch exporter (TorchScript or dynamo) on the prepared model."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from functools import cache
+
+from exporter.pipeline import Context
+
+INPUT_NAME = "images"
+
+
+@cache
+def torchscript_available() -> bool:
+    import torch.onnx
+
+    return hasattr(torch.onnx, "TrainingMode") and hasattr(torch.onnx, "export")
+
+
+def output_names(ctx: Context) -> list[str]:
+    with contextlib.suppress(AttributeError, IndexError):
+        det = ctx.model.model[-1]
+        if ctx.options.head == "raw":
+            return [f"output{i}" for i in range(det.nl)]
+    return ["output0"]
+
+
+def _torchscript(ctx: Context) -> tuple[bytes, str]:
+    import torch
+
+    o = ctx.options
+    outs = output_names(ctx)
+    if o.training:
+        mode, how = torch.onnx.TrainingMode.TRAINING, "TrainingMode.TRAINING"
+    elif o.bn_kept:
+        # PRESERVE on an eval model keeps BatchNormalization(training_mode=0); EVAL would fold it
+        mode, how = torch.onnx.TrainingMode.PRESERVE, "TrainingMode.PRESERVE (keeps BatchNorm)"
+    else:
+        mode, how = torch.onnx.TrainingMode.EVAL, "TrainingMode.EVAL"
+    dynamic_axes = None
+    if o.dynamic:
+        axes = {0: "batch"} if o.dynamic == "batch" else {0: "batch", 2: "height", 3: "width"}
+        dynamic_axes = {INPUT_NAME: axes, **{n: {0: "batch"} for n in outs}}
+        if o.dynamic == "all":
+            dynamic_axes.update({n: {0: "batch", 1: "anchors"} for n in outs} if o.head == "decode" else
+                                {n: {0: "batch", 2: "ny", 3: "nx"} for n in outs})
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation and tracer warnings
+        torch.onnx.export(ctx.model, (ctx.example,), f, dynamo=False, opset_version=o.opset, training=mode,
+                          do_constant_folding=True, input_names=[INPUT_NAME], output_names=outs,
+                          dynamic_axes=dynamic_axes)
+    return f.getvalue(), f"torchscript, {how}, opset {o.opset}"
+
+
+def _dynamo(ctx: Context) -> tuple[bytes, str]:
+    import torch
+
+    o = ctx.options
+    dynamic_shapes = None
+    if o.dynamic:
+        dim = torch.export.Dim.DYNAMIC
+        axes = {0: dim} if o.dynamic == "batch" else {0: dim, 2: dim, 3: dim}
+        dynamic_shapes = {"x": axes}
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        # optimize=False: the onnxscript optimizer folds BatchNorm into Conv; our tidy stage optimizes
+        # with the same passes but honours --keep-bn
+        program = torch.onnx.export(ctx.model, (ctx.example,), dynamo=True, opset_version=o.opset, optimize=False,
+                                    input_names=[INPUT_NAME], output_names=output_names(ctx),
+                                    dynamic_shapes=dynamic_shapes, verbose=False)
+    proto = program.model_proto
+    for node in proto.graph.node:  # drop stack traces (local file paths) and fx dumps; keep module scopes
+        keep = [p for p in node.metadata_props if p.key not in ("pkg.torch.onnx.stack_trace", "pkg.torch.onnx.fx_node")]
+        del node.metadata_props[:]
+        node.metadata_props.extend(keep)
+    return proto.SerializeToString(), f"dynamo (torch.export), opset {o.opset}"
+
+
+def capture(ctx: Context) -> Context:
+    import onnx
+
+    exporter = ctx.options.capture_exporter
+    data, how = _torchscript(ctx) if exporter == "torchscript" else _dynamo(ctx)
+    return ctx.replace(onnx=onnx.load_from_string(data), change=how)

@@ -1,0 +1,26 @@
+"""simplify: onnxsim, honouring --keep-bn. A failure keeps the unsimplified graph and is reported."""
+
+from __future__ import annotations
+
+from exporter.pipeline import Context, op_counts
+
+
+def simplify(ctx: Context) -> Context:
+    import onnxsim
+
+    o = ctx.options
+    before = ctx.onnx
+    kwargs = {"skip_fuse_bn": o.bn_kept, "check_n": 0}  # parity is ours, before and after
+    if o.dynamic:
+        kwargs["test_input_shapes"] = {before.graph.input[0].name: [o.batch, 3, *o.img]}
+    try:
+        model, _ = onnxsim.simplify(before, **kwargs)
+    except Exception as exc:  # onnxsim raises plain RuntimeError/ValueError/onnx errors
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return ctx.replace(failure=f"onnxsim failed ({msg}); kept the unsimplified graph")
+    bn_before, bn_after = op_counts(before)["BatchNormalization"], op_counts(model)["BatchNormalization"]
+    if o.bn_kept and bn_after < bn_before:
+        return ctx.replace(failure=f"onnxsim folded {bn_before - bn_after} BatchNormalization despite --keep-bn; "
+                                   "kept the unsimplified graph")
+    return ctx.replace(onnx=model, unsimplified=before,
+                       change=f"{len(before.graph.node)} -> {len(model.graph.node)} nodes")
