@@ -30,7 +30,10 @@ def parse_model(d: dict[str, Any], ch: list[int]) -> tuple[nn.Sequential, list[i
         if key not in d:
             raise ModelError(f"config has no '{key}' key (a YOLOv5 config needs nc, anchors, backbone, head)")
     anchors, nc = d["anchors"], d["nc"]
-    gd, gw = float(d.get("depth_multiple", 1.0)), float(d.get("width_multiple", 1.0))
+    try:
+        gd, gw = float(d.get("depth_multiple", 1.0)), float(d.get("width_multiple", 1.0))
+    except (TypeError, ValueError):
+        raise ModelError("'depth_multiple' and 'width_multiple' must be numbers") from None
     if not isinstance(anchors, list) or not anchors or not all(isinstance(a, list) and len(a) % 2 == 0 for a in anchors):
         raise ModelError("'anchors' must be a list of per-level lists of pixel pairs, e.g. [[10,13, 16,30, 33,23], ...]")
     na = len(anchors[0]) // 2
@@ -144,8 +147,7 @@ class Model(nn.Module):
         self.names = [str(i) for i in range(self.nc)]
         m = self.detect
         m.output = "raw"
-        with torch.no_grad():
-            feats = self.forward(torch.zeros(1, ch, STRIDE_PROBE, STRIDE_PROBE))
+        feats = self._probe(ch)
         m.output = "auto"
         m.stride = torch.tensor([STRIDE_PROBE / x.shape[-3] for x in feats])
         check_anchor_order(m)
@@ -153,6 +155,21 @@ class Model(nn.Module):
         self.stride = m.stride
         m.initialize_biases()
         initialize_weights(self)
+
+    def _probe(self, ch: int) -> list[torch.Tensor]:
+        """The stride probe forward pass; a layer that cannot run on it is a config error naming that layer."""
+        seen: list[int] = []
+        hooks = [m.register_forward_pre_hook(lambda mod, _: seen.append(mod.i)) for m in self.model]
+        try:
+            with torch.no_grad():
+                return self.forward(torch.zeros(1, ch, STRIDE_PROBE, STRIDE_PROBE))
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            where = _layer_name(seen[-1], len(self.yaml["backbone"] or [])) if seen else "the model"
+            msg = " ".join(str(exc).split())[:200]
+            raise ModelError(f"{where}: fails on a zero 1x{ch}x{STRIDE_PROBE}x{STRIDE_PROBE} image: {msg}") from None
+        finally:
+            for h in hooks:
+                h.remove()
 
     @property
     def detect(self) -> Detect:
