@@ -26,13 +26,16 @@ import zipfile
 from collections import OrderedDict
 from copy import deepcopy
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import torch
 from torch import nn
 
 from exporter.errors import CheckpointError, InputError, YexportError
+
+if TYPE_CHECKING:
+    from exporter.models.yolo import Model
 
 __all__ = ["FORMAT", "Inert", "load_checkpoint", "resolve_global", "safe_load", "save_checkpoint"]
 
@@ -429,7 +432,21 @@ def _load_weights(model: nn.Module, sd: dict[str, torch.Tensor], path: Path, *, 
     return notes
 
 
-def _rebuild(cfg: dict[str, Any], nc: int | None, path: Path) -> nn.Module:
+def _fill_anchors(cfg: dict[str, Any], sd: dict[str, torch.Tensor], stride: Any) -> dict[str, Any]:
+    """A config with ``anchors: 3`` (anchors computed at training time) gets the checkpoint's anchors, in pixels."""
+    if not isinstance(cfg.get("anchors"), int) or not isinstance(stride, torch.Tensor):
+        return cfg
+    keys = [k for k in sd if k.startswith("model.") and k.endswith(".anchors") and k.count(".") == 2]
+    if not keys:
+        return cfg
+    anchors = sd[max(keys, key=lambda k: int(k.split(".")[1]))].float()
+    if anchors.dim() != 3 or anchors.shape[0] != stride.numel():
+        return cfg
+    pixels = (anchors * stride.float().view(-1, 1, 1)).flatten(1)
+    return {**cfg, "anchors": [[round(v, 4) for v in level] for level in pixels.tolist()]}
+
+
+def _rebuild(cfg: dict[str, Any], nc: int | None, path: Path) -> Model:
     from exporter.errors import ModelError
     from exporter.models import build_model
 
@@ -462,10 +479,10 @@ def _from_model_object(obj: Any, ckpt: dict[str, Any], path: Path, nc: int | Non
             return obj.float(), {"kind": "checkpoint", "format": "torch-module", "class": p.cls, "fp16": fp16}
         raise CheckpointError(f"{path}: the pickled {p.cls} has no YOLOv5 config (.yaml); a generic module can only "
                               f"be loaded with --trust-checkpoint ({TRUST_HINT})")
-    model = _rebuild(cfg, nc, path)
+    sd = dict(p.state_dict)
+    model = _rebuild(_fill_anchors(cfg, sd, p.attrs.get("stride")), nc, path)
     ckpt_nc = cfg.get("nc")
     new_head = nc is not None and nc != ckpt_nc
-    sd = dict(p.state_dict)
     detect = f"model.{len(model.model) - 1}."  # type: ignore[arg-type]
     sd.pop(f"{detect}anchor_grid", None)  # a v5.0 buffer (anchors in pixels); ours derives it
     # the stand-in tree must be made of the same module types as the rebuilt model
@@ -483,7 +500,7 @@ def _from_model_object(obj: Any, ckpt: dict[str, Any], path: Path, nc: int | Non
             if isinstance(momentum, float):
                 m.momentum = momentum
     _check_stride(model, p.attrs.get("stride"), path)
-    names = None if new_head else _names_list(p.attrs.get("names"), model.nc)  # type: ignore[arg-type]
+    names = None if new_head else _names_list(p.attrs.get("names"), model.nc)
     if names:
         model.names = names
     if new_head:
@@ -504,7 +521,7 @@ def _from_model_object(obj: Any, ckpt: dict[str, Any], path: Path, nc: int | Non
     if trusted:
         info["trusted"] = True
     info.update(notes)
-    info["names"] = list(model.names)  # type: ignore[arg-type]
+    info["names"] = list(model.names)
     return model, info
 
 
@@ -542,11 +559,11 @@ def _from_yexport(ckpt: dict[str, Any], path: Path, nc: int | None) -> tuple[nn.
     new_head = nc is not None and nc != cfg.get("nc")
     notes = _load_weights(model, sd, path, skip_head=new_head, resize=True)
     _check_stride(model, ckpt.get("stride"), path)
-    names = None if new_head else _names_list(ckpt.get("names"), model.nc)  # type: ignore[arg-type]
+    names = None if new_head else _names_list(ckpt.get("names"), model.nc)
     if names:
         model.names = names
     info: dict[str, Any] = {"kind": "checkpoint", "format": FORMAT, "generation": model.generation, **notes,
-                            "names": list(model.names)}  # type: ignore[arg-type]
+                            "names": list(model.names)}
     if ckpt.get("extra"):
         info["extra"] = ckpt["extra"]
     return model, info
@@ -610,7 +627,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, *, names: list[str] | No
         raise CheckpointError("save_checkpoint needs a YOLOv5 Model (with its config in .yaml)")
     extra = dict(extra or {})
     _check_plain(extra)
-    nc = int(getattr(model, "nc", cfg.get("nc", 0)))
+    nc = int(getattr(model, "nc", None) or cfg.get("nc") or 0)
     names = [str(n) for n in (names if names is not None else getattr(model, "names", []))]
     if len(names) != nc:
         raise CheckpointError(f"save_checkpoint: {len(names)} names for {nc} classes")

@@ -151,6 +151,16 @@ def test_fused_official_checkpoint_loads(yolov5_official, yolov5n: nn.Module, tm
     assert torch.equal(outputs(model), outputs(fp16_reference(fused)))
 
 
+def test_evolved_anchors_come_from_the_checkpoint(yolov5_official, yolov5n: nn.Module, tmp_path: Path) -> None:
+    m = deepcopy(yolov5n)
+    m.yaml = {**m.yaml, "anchors": 3}  # anchors computed at training time (autoanchor)
+    with torch.no_grad():
+        m.detect.anchors.mul_(1.25)
+    model, _ = load_checkpoint(yolov5_official.write(m, tmp_path / "auto.pt"))
+    assert torch.equal(model.detect.anchors, m.detect.anchors.half().float())
+    assert torch.equal(outputs(model), outputs(fp16_reference(m)))
+
+
 def test_checkpoint_whose_weights_do_not_fit_its_config(yolov5_official, yolov5n: nn.Module, tmp_path: Path) -> None:
     m = deepcopy(yolov5n)
     m.yaml = {**m.yaml, "width_multiple": 0.5}  # the yolov5s width
