@@ -60,7 +60,7 @@ def test_yolov5s_acceptance(yolov5s: nn.Module) -> None:
     s = report.summary()
     assert s["convs"] == 60 and s["prunable"] == 60 - 3 - len(BACKBONE_C3) - (1 + 2 + 3 + 1)  # 46
     # realistic gammas: none near zero, no zero weights
-    assert all(c.gamma_min > 0.4 and c.gamma_below == 0 for c in report.prunable)
+    assert all(c.gamma_min > 0.1 and c.gamma_below == 0 for c in report.prunable)
     assert report.sparsity == 0.0 and s["weights"] == sum(
         m.weight.numel() for m in yolov5s.modules() if isinstance(m, nn.Conv2d))
 
