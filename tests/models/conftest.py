@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import types
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from copy import deepcopy
@@ -70,16 +71,20 @@ def as_official(model: Model, mapping: dict[type, type], generation: str) -> tor
     return m
 
 
-def write_official(model: Model, path: Path, generation: str = "v6+", *, ema: Model | None = None) -> Path:
+def write_official(model: Model, path: Path, generation: str = "v6+", *, ema: Model | None = None,
+                   legacy: bool = False) -> Path:
     """Write ``model`` (and ``ema``, if given) as an official YOLOv5 checkpoint: fp16 model objects in a
-    training dict, as ``torch.save`` writes it when the YOLOv5 source is importable."""
+    training dict, as ``torch.save`` writes it when the YOLOv5 source is importable (``legacy``: in the
+    pre-zip format of torch < 1.6)."""
     with fake_yolov5_package() as mapping:
         ckpt = {"epoch": -1, "best_fitness": None, "model": as_official(model, mapping, generation).half(),
                 "ema": as_official(ema, mapping, generation).half() if ema is not None else None,
                 "updates": None, "optimizer": None, "opt": {"imgsz": 640, "weights": "yolov5s.pt"},
                 "git": {"remote": "https://github.com/ultralytics/yolov5", "branch": "master"},
                 "date": "2022-11-22T12:00:00"}
-        torch.save(ckpt, path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the legacy format warns that it cannot find the classes' source
+            torch.save(ckpt, path, _use_new_zipfile_serialization=not legacy)
     assert "models" not in sys.modules
     return path
 

@@ -115,6 +115,14 @@ def test_official_v50_checkpoint_loads(yolov5_official, tmp_path: Path) -> None:
     assert torch.equal(outputs(model), outputs(fp16_reference(m)))
 
 
+def test_legacy_format_official_checkpoint_loads(yolov5_official, yolov5n: nn.Module, tmp_path: Path) -> None:
+    path = yolov5_official.write(yolov5n, tmp_path / "legacy.pt", legacy=True)
+    assert not zipfile.is_zipfile(path)
+    model, info = load_checkpoint(path)
+    assert info["format"] == "yolov5-official"
+    assert torch.equal(outputs(model), outputs(fp16_reference(yolov5n)))
+
+
 def test_ema_is_preferred_over_model(yolov5_official, yolov5n: nn.Module, tmp_path: Path) -> None:
     other = randomize_bn(deepcopy(yolov5n), seed=1)
     path = yolov5_official.write(other, tmp_path / "ema.pt", ema=yolov5n)
@@ -221,6 +229,16 @@ def test_malicious_checkpoint_is_refused_by_name(payload, global_name: str, tmp_
     with pytest.raises(CheckpointError) as e:
         load_checkpoint(evil)
     assert_one_line_error(e.value, f"refusing to unpickle global '{global_name}'", "--trust-checkpoint")
+    assert not target.exists()
+
+
+def test_malicious_legacy_format_checkpoint_is_refused(tmp_path: Path) -> None:
+    target = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": _System(target)}, evil, _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(evil)
+    assert_one_line_error(e.value, "refusing to unpickle global 'posix.system'")
     assert not target.exists()
 
 
