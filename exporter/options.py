@@ -124,8 +124,9 @@ def variant_options(base: ExportOptions, name: str) -> ExportOptions:
     return opts
 
 
-def load_config(path: str | Path) -> dict[str, Any]:
-    """Read export defaults from a YAML file; unknown keys are an error (a typo is never ignored)."""
+def load_config(path: str | Path, known: set[str]) -> dict[str, Any]:
+    """Read option defaults from a YAML file; keys are option names (``keep-bn`` or ``keep_bn``).
+    Unknown keys are an error: a typo is never silently ignored."""
     import yaml
 
     p = Path(path)
@@ -137,8 +138,8 @@ def load_config(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{p}: YAML syntax error: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a mapping of option names to values")
-    known = {f.name.replace("_", "-") for f in dataclasses.fields(ExportOptions)} | {"variants", "output", "name"}
-    bad = sorted(k for k in data if str(k).replace("_", "-") not in known)
+    out = {str(k).replace("-", "_"): v for k, v in data.items()}
+    bad = sorted(k for k in out if k not in known)
     if bad:
-        raise ConfigError(f"{p}: unknown option(s) {', '.join(map(str, bad))} (known: {', '.join(sorted(known))})")
-    return {str(k).replace("-", "_"): v for k, v in data.items()}
+        raise ConfigError(f"{p}: unknown option(s) {', '.join(bad)} (known: {', '.join(sorted(known))})")
+    return out

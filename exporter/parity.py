@@ -269,10 +269,24 @@ def open_session(model_bytes: bytes, requested: str) -> tuple[Any, ProviderParit
     result.ran_on = sess.get_providers()
     result.ran = result.ran_on[:1] == [provider]
     if not result.ran:
-        why = next((ln.strip() for ln in err["text"].splitlines() if "error" in ln.lower() or "fail" in ln.lower()), "")
-        why = why.split("] ", 1)[-1][:200] if why else ""
-        result.reason = f"{provider} is listed but the session fell back to {result.ran_on[0]}" + (f": {why}" if why else "")
+        why = _fallback_reason(err["text"])
+        result.reason = f"{provider} is listed but the session fell back to {result.ran_on[0]}" + (f" ({why})" if why else "")
     return sess, result
+
+
+def _fallback_reason(log: str) -> str:
+    """The useful part of onnxruntime's provider error log, without local paths."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", log)
+    parts = []
+    m = re.search(r"with error: ([^\n]+)", text)
+    if m:
+        parts.append(m.group(1).strip())
+    m = re.search(r"(Require [^\n]+?)\. Please", text)
+    if m:
+        parts.append(m.group(1).strip())
+    return "; ".join(re.sub(r"/\S+/", "", p) for p in parts)[:240]
 
 
 @dataclass

@@ -51,3 +51,58 @@ class ImageSize(click.ParamType):
 
 
 IMG = ImageSize()
+
+
+def split_list(value: str | None) -> tuple[str, ...]:
+    """'cpu,cuda' -> ('cpu', 'cuda')."""
+    return tuple(v.strip() for v in (value or "").split(",") if v.strip())
+
+
+def parse_atol(values: tuple[str, ...], default: float) -> tuple[float, dict[str, float]]:
+    """``--atol 1e-3`` (all outputs) and ``--atol output0=1e-4`` (one output), repeatable."""
+    atol = default
+    per: dict[str, float] = {}
+    for v in values:
+        name, _, num = v.rpartition("=")
+        try:
+            x = float(num)
+        except ValueError:
+            raise click.BadParameter(f"{v!r}: give a number or OUTPUT=NUMBER", param_hint="--atol") from None
+        if x < 0:
+            raise click.BadParameter(f"{v!r}: tolerances cannot be negative", param_hint="--atol")
+        if name:
+            per[name] = x
+        else:
+            atol = x
+    return atol, per
+
+
+def parity_options(f: F) -> F:
+    """Adds the parity options shared by ``export`` and ``check``."""
+    for opt in reversed([
+        click.option("--providers", default="cpu", show_default=True,
+                      help="onnxruntime providers to check, comma-separated: cpu, cuda, tensorrt."),
+        click.option("--require", default="", help="Providers that must really run (e.g. cuda): "
+                     "not running is then a failure instead of a note."),
+        click.option("--atol", multiple=True, metavar="A|OUT=A",
+                     help="Absolute tolerance (default 1e-3), or per output: --atol output0=1e-4. Repeatable."),
+        click.option("--rtol", type=click.FloatRange(min=0), default=1e-3, show_default=True,
+                     help="Relative tolerance: pass when |onnx - torch| <= atol + rtol * |torch| everywhere."),
+        click.option("--inputs", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Inputs per checked shape."),
+        click.option("--images", type=click.Path(file_okay=False), default=None,
+                     help="Check on your own JPEG/PNG images (letterboxed) instead of synthetic ones."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def load_config_defaults(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """``--config FILE``: YAML whose keys are this command's option names; they become defaults
+    (the command line and YEXPORT_* variables still win). Unknown keys are an error."""
+    if not value:
+        return
+    from exporter.options import load_config
+
+    data = load_config(value, known={p.name for p in ctx.command.params if p.name})
+    ctx.default_map = {**(ctx.default_map or {}), **data}

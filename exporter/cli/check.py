@@ -1,11 +1,81 @@
-"""Placeholder: replaced by the real command."""
+"""``yexport check``: parity of an ONNX file against its PyTorch model."""
 
 from __future__ import annotations
 
+import json
+
 import click
+
+from exporter.cli._options import load_from_cli, model_options, parity_options, parse_atol, split_list
+
+
+def _parse_shapes(value: str | None) -> list[tuple[int, ...]] | None:
+    if not value:
+        return None
+    shapes = []
+    for part in split_list(value):
+        try:
+            dims = tuple(int(d) for d in part.lower().split("x"))
+        except ValueError:
+            raise click.BadParameter(f"{part!r}: write shapes as BxCxHxW, e.g. 1x3x640x640", param_hint="--shapes") from None
+        if len(dims) != 4 or min(dims) < 1:
+            raise click.BadParameter(f"{part!r}: a shape has four positive sizes (BxCxHxW)", param_hint="--shapes")
+        shapes.append(dims)
+    return shapes
+
+
+def _against_from_metadata(path: str) -> str | None:
+    """The model a yexport file was made from, when that can be rebuilt here (a built-in or a file)."""
+    from pathlib import Path
+
+    from exporter.graph.load import load_onnx
+
+    meta = {p.key: p.value for p in load_onnx(path).metadata_props}
+    kind, _, src = meta.get("yexport.source", "").partition(":")
+    if kind == "builtin" or (kind in ("yaml", "checkpoint", "state_dict") and Path(src).exists()):
+        return src
+    return None
 
 
 @click.command("check")
-def check() -> None:
-    """(not implemented yet)"""
-    raise click.ClickException("not implemented yet")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--against", default=None, metavar="MODEL",
+              help="The PyTorch model (built-in name, YAML or checkpoint). Default: the model named in the "
+                   "file's yexport metadata.")
+@parity_options
+@click.option("--shapes", default=None, metavar="BxCxHxW,...",
+              help="Input shapes to check (default: the file's static shape, or 3 shapes for dynamic axes).")
+@click.option("--device", default="cpu", show_default=True, help="Device of the PyTorch reference.")
+@model_options
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def check(file: str, against: str | None, providers: str, require: str, atol: tuple[str, ...], rtol: float,
+          inputs: int, images: str | None, shapes: str | None, device: str, cfg: str | None, nc: int | None,
+          seed: int, trust_checkpoint: bool, as_json: bool) -> None:
+    """Check FILE.onnx against its PyTorch model on onnxruntime providers.
+
+    The reference (eval, or train mode for a --training-mode file) and the Detect output come from the
+    file's metadata. Exit status: 0 all pass, 1 a parity failure, 2 a usage or input error.
+    """
+    from exporter.errors import ConfigError
+    from exporter.options import PROVIDER_NAMES
+    from exporter.parity import check_parity
+
+    provs, req = split_list(providers), split_list(require)
+    bad = [p for p in (*provs, *req) if p not in PROVIDER_NAMES]
+    if bad:
+        raise ConfigError(f"unknown provider {bad[0]!r} (choose from {', '.join(PROVIDER_NAMES)})")
+    a, per_output = parse_atol(atol, 1e-3)
+    target = against or _against_from_metadata(file)
+    if target is None:
+        raise ConfigError(f"{file}: no model to compare with: give --against MODEL")
+    source = load_from_cli(target, cfg, nc, seed, trust_checkpoint)
+    report = check_parity(file, source.model, providers=provs, require=req, shapes=_parse_shapes(shapes),
+                          inputs=inputs, images=images, atol=a, rtol=rtol, output_atol=per_output, seed=seed,
+                          device=device)
+    if as_json:
+        click.echo(json.dumps({"file": file, "against": target, **report.to_dict()}, indent=2))
+    else:
+        click.echo(f"{file} against {target}")
+        click.echo(report.format())
+    if not report:
+        raise SystemExit(1)

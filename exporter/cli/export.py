@@ -1,11 +1,124 @@
-"""Placeholder: replaced by the real command."""
+"""``yexport export``: the export pipeline from the command line."""
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import click
+
+from exporter.cli._options import (
+    IMG,
+    load_config_defaults,
+    load_from_cli,
+    model_options,
+    parity_options,
+    parse_atol,
+    split_list,
+)
+
+
+def _human(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
+
+
+def summary_table(results: list[Any]) -> str:
+    rows = [("file", "nodes", "BatchNorm", "Shape+Gather", "size", "parity", "seconds")]
+    for r in results:
+        parity = r.parity.summary() if r.parity is not None else "not checked"
+        rows.append((r.path.name, str(r.nodes), str(r.ops.get("BatchNormalization", 0)),
+                     str(r.ops.get("Shape", 0) + r.ops.get("Gather", 0)), _human(r.size), parity, f"{r.seconds:.1f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
 
 
 @click.command("export")
-def export() -> None:
-    """(not implemented yet)"""
-    raise click.ClickException("not implemented yet")
+@click.argument("model", required=False, default="yolov5s")
+@click.option("--config", type=click.Path(dir_okay=False), callback=load_config_defaults, is_eager=True,
+              expose_value=False, help="YAML file of option defaults (keys: option names).")
+@click.option("-o", "--output", "out_dir", default="exports", show_default=True, type=click.Path(file_okay=False),
+              help="Directory for the ONNX files and their manifests.")
+@click.option("--name", default=None, help="File name stem (default: the model's name).")
+@click.option("--variants", default=None, metavar="LIST",
+              help="Several files at once, e.g. fused,keep-bn,training,int-shapes,simplify,dynamic,dynamic-all,"
+                   "raw,dynamo; combine with '+' (keep-bn+simplify). Each applies on top of the other options.")
+@click.option("--keep-bn/--fuse-bn", "keep_bn", default=None,
+              help="Keep every BatchNorm as BatchNormalization(training_mode=0), through the exporter and "
+                   "--simplify; or fold it into the convs (default: fuse).")
+@click.option("--training-mode", "training", is_flag=True, default=False,
+              help="Export with TrainingMode.TRAINING: BatchNorm uses batch statistics (not an inference "
+                   "graph); parity is checked against a train-mode forward on a copy.")
+@click.option("--int-shapes", is_flag=True, default=False,
+              help="Read feature-map sizes as Python ints: no Shape/Gather chains; sizes are baked in "
+                   "(allowed with --dynamic batch, refused with --dynamic all).")
+@click.option("--tidy/--no-tidy", default=True, show_default=True,
+              help="Constant folding and clean-up of the captured graph (BatchNorm kept with --keep-bn).")
+@click.option("--infer-shapes/--no-infer-shapes", default=True, show_default=True,
+              help="ONNX shape inference: a size on every edge.")
+@click.option("--simplify", is_flag=True, default=False,
+              help="Run onnxsim (honours --keep-bn); parity is checked before and after.")
+@click.option("--dynamic", type=click.Choice(["batch", "all"]), default=None,
+              help="Dynamic axes: the batch, or batch, height and width.")
+@click.option("--img", type=IMG, default="640", show_default=True, help="Input size H or H,W (multiples of 32).")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Batch size of the example.")
+@click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset; the file gets exactly this one.")
+@click.option("--exporter", type=click.Choice(["auto", "torchscript", "dynamo"]), default="auto", show_default=True,
+              help="torch exporter; auto picks the one giving the cleaner graph on this torch (TorchScript).")
+@click.option("--raw-head/--decode", "raw_head", default=False,
+              help="Detect output: the raw per-level maps, or the decoded (bs, N, nc+5) tensor (default).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N for capture and reference.")
+@click.option("--check/--no-check", default=True, show_default=True, help="Check parity against PyTorch.")
+@parity_options
+@model_options
+@click.option("--view", is_flag=True, help="Open the (first) result in Netron when done.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of the table.")
+def export(model: str, out_dir: str, name: str | None, variants: str | None, keep_bn: bool | None, training: bool,
+           int_shapes: bool, tidy: bool, infer_shapes: bool, simplify: bool, dynamic: str | None,
+           img: tuple[int, int], batch: int, opset: int, exporter: str, raw_head: bool, device: str, check: bool,
+           providers: str, require: str, atol: tuple[str, ...], rtol: float, inputs: int, images: str | None,
+           cfg: str | None, nc: int | None, seed: int, trust_checkpoint: bool, view: bool, as_json: bool) -> None:
+    """Export MODEL (a built-in name, a YAML config or a checkpoint; default yolov5s) to ONNX, with a
+    manifest beside each file, and check each file against PyTorch on onnxruntime.
+
+    Exit status: 0 all files written and passing, 1 a parity or stage failure, 2 a usage or input error.
+    """
+    from exporter.api import export as run_export
+    from exporter.options import ExportOptions, variant_options
+
+    a, per_output = parse_atol(atol, 1e-3)
+    options = ExportOptions(
+        keep_bn=keep_bn, training=training, int_shapes=int_shapes, tidy=tidy, infer_shapes=infer_shapes,
+        simplify=simplify, dynamic=dynamic,  # type: ignore[arg-type]
+        img=img, batch=batch, opset=opset, exporter=exporter,  # type: ignore[arg-type]
+        head="raw" if raw_head else "decode", device=device, check=check, providers=split_list(providers),
+        require=split_list(require), atol=a, rtol=rtol, output_atol=per_output, inputs=inputs, images=images, seed=seed,
+    )
+    names = list(split_list(variants))
+    for v in names:  # refuse bad variants and combinations before any work
+        variant_options(options, v).validate()
+    if not names:
+        options.validate()
+    source = load_from_cli(model, cfg, nc, seed, trust_checkpoint)
+    results = run_export(source, variants=names or None, out_dir=out_dir, name=name, options=options)
+    if as_json:
+        click.echo(json.dumps([json.loads(r.manifest_path.read_text()) for r in results if r.manifest_path], indent=2))
+    else:
+        click.echo(summary_table(results))
+        for r in results:
+            for note in r.notes:
+                click.echo(f"note ({r.path.name}): {note}")
+            for f in r.failures:
+                click.echo(f"FAILED ({r.path.name}): {f}", err=True)
+            if r.parity is not None and not r.parity:
+                click.echo(r.parity.format(), err=True)
+        ok_files = [r.path for r in results if r.ok]
+        if ok_files:
+            click.echo(f"manifests beside each file (.json); open one with: yexport view {ok_files[0]}")
+    if view and results:
+        from exporter.graph.netron import view as netron_view
+
+        netron_view(str(results[0].path))
+    if not all(r.ok for r in results):
+        raise SystemExit(1)
