@@ -16,6 +16,9 @@ def atomic_write(path: str | Path, data: bytes | str) -> Path:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     raw = data.encode("utf-8") if isinstance(data, str) else data
+    for stale in p.parent.glob(f".{p.name}.*.tmp"):  # left by a writer that was killed
+        with contextlib.suppress(OSError):
+            stale.unlink()
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     try:
         with os.fdopen(fd, "wb") as f:

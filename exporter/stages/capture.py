@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import warnings
 from functools import cache
 
@@ -64,6 +65,9 @@ def _dynamo(ctx: Context) -> tuple[bytes, str]:
         dim = torch.export.Dim.DYNAMIC
         axes = {0: dim} if o.dynamic == "batch" else {0: dim, 2: dim, 3: dim}
         dynamic_shapes = {"x": axes}
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # "Tensor 'model.24.stride' is not one of the initializers": a constant
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         # optimize=False: the onnxscript optimizer folds BatchNorm into Conv; our tidy stage optimizes
@@ -71,6 +75,7 @@ def _dynamo(ctx: Context) -> tuple[bytes, str]:
         program = torch.onnx.export(ctx.model, (ctx.example,), dynamo=True, opset_version=o.opset, optimize=False,
                                     input_names=[INPUT_NAME], output_names=output_names(ctx),
                                     dynamic_shapes=dynamic_shapes, verbose=False)
+    quiet.setLevel(level)
     proto = program.model_proto
     for node in proto.graph.node:  # drop stack traces (local file paths) and fx dumps; keep module scopes
         keep = [p for p in node.metadata_props if p.key not in ("pkg.torch.onnx.stack_trace", "pkg.torch.onnx.fx_node")]
