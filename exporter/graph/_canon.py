@@ -15,10 +15,14 @@ Never imports torch; onnx is imported inside the functions.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import json
+import math
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,13 +42,12 @@ _DTYPE_BITS = {
     1: 32, 2: 8, 3: 8, 4: 16, 5: 16, 6: 32, 7: 64, 9: 8, 10: 16, 11: 64, 12: 32, 13: 64, 14: 64, 15: 128,
     16: 16, 17: 8, 18: 8, 19: 8, 20: 8, 21: 4, 22: 4, 23: 4,
 }
-# initializers at most this many elements keep their data for shape inference (Reshape targets...)
-_INFER_KEEP_ELEMS = 4096
 # tensor attributes with at most this many elements show their values instead of a hash
 _SHOW_VALUES_MAX = 8
 _HASH_CHARS = 16
 _CHUNK = 1 << 20
 
+_GRAPH_MARK = "\0graph"  # key marking rendered attributes that still hold subgraphs
 _NAME_OK = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*\Z")
 
 
@@ -76,10 +79,7 @@ def dtype_bytes(elem_type: int, numel: int) -> int:
 
 
 def numel(dims: Any) -> int:
-    n = 1
-    for d in dims:
-        n *= int(d)
-    return n
+    return math.prod(dims)
 
 
 def _f32(x: float) -> str:
@@ -155,64 +155,135 @@ def interface_params(graph: Any) -> frozenset[str]:
     return frozenset(names)
 
 
-def infer_value_types(model: Any) -> tuple[dict[str, Any], str | None]:
-    """name -> TypeProto for every value of the main graph whose type is known.
+class ValueTypes:
+    """Types of a graph's values: initializers from their dims, everything else from ONNX shape
+    inference (plus the types declared in the file), rendered once per distinct type."""
 
-    Shape inference runs on a light copy of the model whose large initializers carry dims only,
-    so it neither copies nor reads the weights. Returns the types and, when inference failed,
-    why (the types declared in the file are still used)."""
+    def __init__(self, protos: dict[str, Any], inits: dict[str, tuple[int, tuple[int, ...]]],
+                 keep_params: frozenset[str], error: str | None = None) -> None:
+        self.protos = protos
+        self.inits = inits
+        self.keep = keep_params
+        self.error = error
+        self._str: dict[str, str] = {}
+        self._by_bytes: dict[bytes, str] = {}
+        self._shape_by_bytes: dict[bytes, list | None] = {}
+
+    def render(self, name: str) -> str:
+        s = self._str.get(name)
+        if s is None:
+            it = self.inits.get(name)
+            if it is not None:
+                s = f"{dtype_short(it[0])}[{','.join(map(str, it[1]))}]"
+            else:
+                tp = self.protos.get(name)
+                if tp is None:
+                    s = "?"
+                else:
+                    key = tp.SerializeToString()
+                    s = self._by_bytes.get(key)
+                    if s is None:
+                        s = render_type(tp, self.keep)
+                        self._by_bytes[key] = s
+            self._str[name] = s
+        return s
+
+    def shape(self, name: str) -> list | None:
+        """Shape as a list (ints, symbol names, None for unknown dims); None when unknown."""
+        it = self.inits.get(name)
+        if it is not None:
+            return list(it[1])
+        tp = self.protos.get(name)
+        if tp is None:
+            return None
+        key = tp.SerializeToString()
+        if key not in self._shape_by_bytes:
+            self._shape_by_bytes[key] = shape_list(tp)
+        return self._shape_by_bytes[key]
+
+    def with_graph(self, graph: Any) -> ValueTypes:
+        """A copy that also knows a subgraph's declared values and initializers."""
+        protos = dict(self.protos)
+        for vi in list(graph.value_info) + list(graph.input) + list(graph.output):
+            if vi.HasField("type"):
+                protos[vi.name] = vi.type
+        inits = dict(self.inits)
+        inits.update((t.name, (t.data_type, tuple(t.dims))) for t in graph.initializer)
+        return ValueTypes(protos, inits, self.keep)
+
+
+# initializers up to this size keep their data for shape inference (Reshape targets, ...)
+_INFER_KEEP_BYTES = 64 * 1024
+
+
+def infer_value_types(model: Any) -> ValueTypes:
+    """Types of every value of the main graph that the file or shape inference knows.
+
+    A file that already declares the type of every node output (as ``yexport export`` writes
+    them) is taken as it is. Otherwise ONNX shape inference runs, on a light copy of the model
+    whose large initializers carry dims only when there are any, so the weights are neither copied
+    nor read; if it fails, the declared types remain and ``error`` says why."""
     import onnx
     from onnx import TensorProto
 
     g = model.graph
-    light = onnx.ModelProto()
-    light.ir_version = model.ir_version
-    light.opset_import.extend(model.opset_import)
-    light.functions.extend(model.functions)
-    lg = light.graph
-    lg.name = g.name
-    lg.node.extend(g.node)
-    lg.input.extend(g.input)
-    lg.output.extend(g.output)
-    lg.value_info.extend(g.value_info)
-    lg.sparse_initializer.extend(g.sparse_initializer)
-    for t in g.initializer:
-        if numel(t.dims) <= _INFER_KEEP_ELEMS and t.data_location != TensorProto.EXTERNAL:
-            lg.initializer.append(t)
-        else:
+    keep = interface_params(g)
+    inits: dict[str, tuple[int, tuple[int, ...]]] = {t.name: (t.data_type, tuple(t.dims)) for t in g.initializer}
+    for st in g.sparse_initializer:
+        inits.setdefault(st.values.name, (st.values.data_type, tuple(st.dims)))
+    protos: dict[str, Any] = {vi.name: vi.type for vi in g.value_info}
+    for vi in list(g.input) + list(g.output):
+        if vi.type.WhichOneof("value"):
+            protos[vi.name] = vi.type
+    def declared(name: str) -> bool:
+        tp = protos.get(name)
+        return tp is not None and (tp.WhichOneof("value") != "tensor_type" or tp.tensor_type.HasField("shape"))
+
+    if all(declared(o) for n in g.node for o in n.output if o):
+        return ValueTypes(protos, inits, keep)
+
+    big = [t for t in g.initializer if t.ByteSize() > _INFER_KEEP_BYTES]
+    if big:
+        light = onnx.ModelProto()
+        light.ir_version = model.ir_version
+        light.opset_import.extend(model.opset_import)
+        light.functions.extend(model.functions)
+        lg = light.graph
+        lg.name = g.name
+        lg.node.extend(g.node)
+        lg.input.extend(g.input)
+        lg.output.extend(g.output)
+        lg.value_info.extend(g.value_info)
+        lg.sparse_initializer.extend(g.sparse_initializer)
+        big_names = {t.name for t in big}
+        lg.initializer.extend(t for t in g.initializer if t.name not in big_names)
+        for t in big:
             stub = lg.initializer.add()
             stub.name = t.name
             stub.data_type = t.data_type
             stub.dims.extend(t.dims)
             stub.data_location = TensorProto.EXTERNAL
-            e = stub.external_data.add()
-            e.key, e.value = "location", "-"
-    error = None
+            stub.external_data.add(key="location", value="-")
+    else:
+        light = model
     try:
         inferred = onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False, data_prop=False)
-        ig = inferred.graph
     except Exception as exc:  # noqa: BLE001 - inference is best effort; declared types remain
-        error = f"shape inference failed: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
-        ig = lg
-    types: dict[str, Any] = {}
-    for t in g.initializer:
-        tp = onnx.TypeProto()
-        tp.tensor_type.elem_type = t.data_type
-        tp.tensor_type.shape.SetInParent()
-        for d in t.dims:
-            tp.tensor_type.shape.dim.add().dim_value = d
-        types[t.name] = tp
-    for vi in list(ig.value_info) + list(ig.input) + list(ig.output):
-        if vi.HasField("type") and vi.type.WhichOneof("value"):
-            types[vi.name] = vi.type
-    return types, error
+        msg = str(exc).strip()
+        return ValueTypes(protos, inits, keep, f"shape inference failed: {msg.splitlines()[0] if msg else type(exc).__name__}")
+    ig = inferred.graph
+    protos.update((vi.name, vi.type) for vi in ig.value_info)
+    for vi in ig.output:
+        if vi.type.WhichOneof("value"):
+            protos[vi.name] = vi.type
+    return ValueTypes(protos, inits, keep)
 
 
 # ---------------------------------------------------------------------------------------------
 # tensors: content hashes, bytes, arrays
 
 
-@dataclass
+@dataclass(slots=True)
 class CInit:
     """One initializer: canonical ref, type, and (for ONNX files) a handle on its data."""
 
@@ -240,18 +311,21 @@ class CInit:
         return self._digest
 
     def data(self) -> bytes:
-        return b"".join(_tensor_chunks(self.tensor, self.base_dir))
+        """The tensor's canonical little-endian bytes (external data read from its file)."""
+        chunks = list(_tensor_chunks(self.tensor, self.base_dir))
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    def array(self) -> Any:
+    def array(self, data: bytes | None = None) -> Any:
+        """The values as a numpy array; ``data`` reuses bytes already read by :meth:`data`."""
         import numpy as np
         from onnx import helper
 
         elem_type = int(self.elem_type or 0)
-        np_dtype = helper.tensor_dtype_to_np_dtype(elem_type)
         if self.tensor.data_location == 1 or self.tensor.HasField("raw_data"):
             if _DTYPE_BITS.get(elem_type, 0) < 8:
                 raise ValueError("packed sub-byte tensors are compared by bytes only")
-            return np.frombuffer(self.data(), dtype=np.dtype(np_dtype).newbyteorder("<")).reshape(self.dims)
+            np_dtype = np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)).newbyteorder("<")
+            return np.frombuffer(self.data() if data is None else data, dtype=np_dtype).reshape(self.dims)
         from onnx import numpy_helper
 
         return numpy_helper.to_array(self.tensor)
@@ -341,24 +415,31 @@ def strip_hashes(text: str) -> str:
 # canonical graph
 
 
-@dataclass
 class CNode:
-    index: int
-    op: str  # "Conv", or "domain.Op" outside the default domain
-    inputs: list[str]  # canonical refs; "_" for an omitted optional input
-    input_types: list[str]
-    outputs: list[str]
-    output_types: list[str]
-    attrs: dict[str, str]
-    name: str | None = None  # original node name (ONNX files only; never in snapshots)
-    body: list[str] = field(default_factory=list)  # rendered subgraphs, if any
-    implicit: list[str] = field(default_factory=list)  # outer values its subgraphs read
+    """One node in canonical form: refs and rendered types of its inputs and outputs."""
 
-    def label(self) -> str:
-        return f"{self.op} {json.dumps(self.name)}" if self.name else self.op
+    __slots__ = ("index", "op", "inputs", "input_types", "outputs", "output_types", "attrs", "name", "body",
+                 "implicit")
+
+    def __init__(self, index: int, op: str, inputs: list[str], input_types: list[str], outputs: list[str],
+                 output_types: list[str], attrs: dict[str, str], name: str | None = None,
+                 body: list[str] | tuple[str, ...] = (), implicit: list[str] | tuple[str, ...] = ()) -> None:
+        self.index = index
+        self.op = op  # "Conv", or "domain.Op" outside the default domain
+        self.inputs = inputs  # canonical refs; "_" for an omitted optional input
+        self.input_types = input_types
+        self.outputs = outputs
+        self.output_types = output_types
+        self.attrs = attrs  # rendered values, sorted by name; shared between nodes: never mutate
+        self.name = name  # original node name (ONNX files only; never in snapshots)
+        self.body = body  # rendered subgraphs, if any
+        self.implicit = implicit  # outer values its subgraphs read
+
+    def __repr__(self) -> str:
+        return f"CNode({render_node(self)!r})"
 
 
-@dataclass
+@dataclass(slots=True)
 class CValue:
     ref: str
     name: str | None
@@ -393,10 +474,6 @@ class CanonGraph:
         return out
 
 
-def _op_name(node: Any) -> str:
-    return f"{node.domain}.{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type
-
-
 def _subgraph_free_names(graph: Any) -> set[str]:
     """Names a subgraph reads from enclosing scopes."""
     defined = {v.name for v in graph.input} | {t.name for t in graph.initializer}
@@ -421,96 +498,84 @@ def _attr_graphs(a: Any) -> list[Any]:
 
 
 class _Canonicalizer:
-    def __init__(self, graph: Any, types: dict[str, Any], keep_params: frozenset[str], base_dir: str | None,
-                 prefix: str = "%", outer: dict[str, str] | None = None) -> None:
+    def __init__(self, graph: Any, types: ValueTypes, base_dir: str | None, outer: dict[str, str] | None = None) -> None:
         self.g = graph
         self.types = types
-        self.keep = keep_params
+        self.keep = types.keep
         self.base_dir = base_dir
-        self.prefix = prefix
         self.outer = outer  # name -> placeholder, filled on first use (subgraphs only)
         self.outer_refs: dict[str, str] = {}  # placeholder -> outer name
-        self._type_cache: dict[str, str] = {}
-
-    def vtype(self, name: str) -> str:
-        s = self._type_cache.get(name)
-        if s is None:
-            tp = self.types.get(name)
-            s = render_type(tp, self.keep) if tp is not None else "?"
-            self._type_cache[name] = s
-        return s
+        self._attr_cache: dict[bytes, dict[str, str]] = {}
 
     def run(self) -> tuple[list[CValue], list[CValue], list[CInit], list[CNode], list[str]]:
         g = self.g
-        p = self.prefix
+        vtype = self.types.render
         nodes = list(g.node)
         n_nodes = len(nodes)
-        init_names = [t.name for t in g.initializer] + [t.values.name for t in g.sparse_initializer]
-        init_set = set(init_names)
-        graph_inputs = [vi for vi in g.input if vi.name not in init_set]
+        n_in = [list(nd.input) for nd in nodes]
+        n_out = [list(nd.output) for nd in nodes]
+        n_op = [nd.op_type if nd.domain in ("", "ai.onnx") else f"{nd.domain}.{nd.op_type}" for nd in nodes]
+        n_name = [nd.name for nd in nodes]
+        n_attrs = [self.render_attrs(nd) for nd in nodes]
+        init_list = list(g.initializer) + [t.values for t in g.sparse_initializer]
+        init_by_name = {t.name: t for t in init_list}
+        graph_inputs = [vi for vi in g.input if vi.name not in init_by_name]
         gin_pos = {vi.name: k for k, vi in enumerate(graph_inputs)}
 
         producer: dict[str, tuple[int, int]] = {}
-        for i, nd in enumerate(nodes):
-            for j, o in enumerate(nd.output):
+        for i, outs in enumerate(n_out):
+            for j, o in enumerate(outs):
                 if o:
                     producer[o] = (i, j)
 
-        deps: list[list[str]] = []  # per node: value names it reads (inputs + implicit)
-        implicit: list[list[str]] = []
-        for nd in nodes:
-            extra: list[str] = []
-            for a in nd.attribute:
-                for sg in _attr_graphs(a):
-                    extra.extend(sorted(_subgraph_free_names(sg)))
-            implicit.append(extra)
-            deps.append([x for x in nd.input if x] + extra)
-
+        # what each node reads: its inputs plus, for If/Loop/Scan, the outer values its bodies use
+        deps: list[list[str]] = [[x for x in ins if x] for ins in n_in]
+        implicit: dict[int, list[str]] = {}
+        for i, attrs in enumerate(n_attrs):
+            if _GRAPH_MARK in attrs:
+                extra = []
+                for a in nodes[i].attribute:
+                    for sg in _attr_graphs(a):
+                        extra.extend(sorted(_subgraph_free_names(sg)))
+                implicit[i] = list(dict.fromkeys(extra))
+                deps[i] = deps[i] + implicit[i]
         consumers: dict[str, list[int]] = {}
         for i, ds in enumerate(deps):
             for x in ds:
-                lst = consumers.setdefault(x, [])
-                if not lst or lst[-1] != i:
-                    lst.append(i)
+                consumers.setdefault(x, []).append(i)
 
         # constant-derived nodes: every dependency is an initializer or another constant-derived node
         is_const = [False] * n_nodes
-        const_values = set(init_set)
+        const_values = set(init_by_name)
         for _ in range(2):  # file order is topological in valid models; a second pass tolerates odd orders
-            for i, nd in enumerate(nodes):
-                if not is_const[i] and all(x in const_values for x in deps[i]):
+            for i in range(n_nodes):
+                if not is_const[i] and const_values.issuperset(deps[i]):
                     is_const[i] = True
-                    const_values.update(o for o in nd.output if o)
+                    const_values.update(o for o in n_out[i] if o)
 
-        # how many distinct non-constant producer nodes each node waits for
-        waits: list[int] = [0] * n_nodes
+        # how many distinct non-constant producer nodes each node waits for, and which
+        # constant-derived producers must be placed just before it
+        var_prod = {x: pr[0] for x, pr in producer.items() if not is_const[pr[0]]}
+        waits = [0] * n_nodes
+        const_prods: dict[int, list[int]] = {}
         for i in range(n_nodes):
             if is_const[i]:
                 continue
-            prods = {producer[x][0] for x in deps[i] if x in producer and not is_const[producer[x][0]]}
-            prods.discard(i)
-            waits[i] = len(prods)
-
-        attr_cache: dict[int, dict[str, str]] = {}
-
-        def attrs_of(i: int) -> dict[str, str]:
-            r = attr_cache.get(i)
-            if r is None:
-                r = self.render_attrs(nodes[i])
-                attr_cache[i] = r
-            return r
+            ds = deps[i]
+            prods = {var_prod[x] for x in ds if x in var_prod}
+            waits[i] = len(prods) - (i in prods)
+            cp = [producer[x][0] for x in ds if x in const_values and x in producer]
+            if cp:
+                const_prods[i] = cp
 
         def key(i: int, via: int) -> tuple:
-            nd = nodes[i]
-            return (via, _op_name(nd), tuple(sorted(attrs_of(i).items())),
-                    tuple(self.vtype(o) for o in nd.output), i)
+            return (via, n_op[i], tuple(n_attrs[i].items()), tuple(vtype(o) for o in n_out[i]), i)
 
         order: list[int] = []
         emitted = [False] * n_nodes
 
         def emit_const(i: int) -> None:
-            # post-order over constant producers, iteratively
-            stack = [(i, False)]
+            stack = [(i, False)]  # post-order over constant producers, iteratively
             while stack:
                 k, done = stack.pop()
                 if emitted[k]:
@@ -525,28 +590,6 @@ class _Canonicalizer:
                     if pr is not None and is_const[pr[0]] and not emitted[pr[0]]:
                         stack.append((pr[0], False))
 
-        def emit(i: int, stack: list[int]) -> None:
-            for x in deps[i]:
-                pr = producer.get(x)
-                if pr is not None and is_const[pr[0]] and not emitted[pr[0]]:
-                    emit_const(pr[0])
-            emitted[i] = True
-            order.append(i)
-            ready: list[tuple] = []
-            seen: set[int] = set()
-            for j, o in enumerate(nodes[i].output):
-                if not o:
-                    continue
-                for c in consumers.get(o, ()):
-                    if c in seen or is_const[c] or emitted[c]:
-                        continue
-                    seen.add(c)
-                    waits[c] -= 1
-                    if waits[c] == 0:
-                        ready.append(key(c, j))
-            ready.sort(reverse=True)
-            stack.extend(k[-1] for k in ready)
-
         initial = []
         for i in range(n_nodes):
             if not is_const[i] and waits[i] == 0:
@@ -556,12 +599,38 @@ class _Canonicalizer:
         stack = [k[-1] for k in initial]
         while stack:
             i = stack.pop()
-            if not emitted[i]:
-                emit(i, stack)
+            if emitted[i]:
+                continue
+            if i in const_prods:
+                for q in const_prods[i]:
+                    if not emitted[q]:
+                        emit_const(q)
+            emitted[i] = True
+            order.append(i)
+            outs = n_out[i]
+            if len(outs) == 1:
+                cons = consumers.get(outs[0]) if outs[0] else None
+                cand = [(c, 0) for c in (cons if len(cons) == 1 else dict.fromkeys(cons))] if cons else []
+            else:
+                seen: dict[int, int] = {}
+                for j, o in enumerate(outs):
+                    for c in consumers.get(o, ()) if o else ():
+                        seen.setdefault(c, j)
+                cand = list(seen.items())
+            ready: list[tuple[int, int]] = []
+            for c, j in cand:  # each consumer once, with the first output slot it reads
+                if is_const[c] or emitted[c]:
+                    continue
+                waits[c] -= 1
+                if waits[c] == 0:
+                    ready.append((c, j))
+            if len(ready) == 1:
+                stack.append(ready[0][0])
+            elif ready:
+                stack.extend(k[-1] for k in sorted((key(c, j) for c, j in ready), reverse=True))
         # leftovers: constants feeding only graph outputs or nothing, and nodes caught in cycles
-        out_names = [o.name for o in g.output]
-        for name in out_names:
-            pr = producer.get(name)
+        for o in g.output:
+            pr = producer.get(o.name)
             if pr is not None and is_const[pr[0]] and not emitted[pr[0]]:
                 emit_const(pr[0])
         notes: list[str] = []
@@ -579,33 +648,18 @@ class _Canonicalizer:
         ref: dict[str, str] = {}
         inputs: list[CValue] = []
         for k, vi in enumerate(graph_inputs):
-            r = f"{p}in{k}"
-            ref[vi.name] = r
-            inputs.append(CValue(r, vi.name, self.vtype(vi.name)))
-        pos = {}
+            ref[vi.name] = f"%in{k}"
+            inputs.append(CValue(f"%in{k}", vi.name, vtype(vi.name)))
         for k, i in enumerate(order):
-            pos[i] = k
-            nd = nodes[i]
-            for j, o in enumerate(nd.output):
-                if o:
-                    ref[o] = f"{p}{k}" if j == 0 else f"{p}{k}.{j}"
-        init_by_name = {t.name: t for t in g.initializer}
-        for t in g.sparse_initializer:
-            init_by_name.setdefault(t.values.name, t.values)
+            outs = n_out[i]
+            if outs and outs[0]:
+                ref[outs[0]] = f"%{k}"
+            for j in range(1, len(outs)):
+                if outs[j]:
+                    ref[outs[j]] = f"%{k}.{j}"
         inits: list[CInit] = []
-
-        def init_ref(name: str) -> str:
-            r = ref.get(name)
-            if r is None:
-                t = init_by_name[name]
-                r = f"{p}w{len(inits)}"
-                ref[name] = r
-                dims = tuple(int(d) for d in t.dims)
-                ty = f"{dtype_short(t.data_type)}[{','.join(map(str, dims))}]"
-                inits.append(CInit(r, ty, t.data_type, dims, t.name, t, self.base_dir))
-            return r
-
         unknown: dict[str, str] = {}
+        init_types = self.types.inits
 
         def resolve(name: str) -> str:
             if not name:
@@ -613,8 +667,13 @@ class _Canonicalizer:
             r = ref.get(name)
             if r is not None:
                 return r
-            if name in init_by_name:
-                return init_ref(name)
+            t = init_by_name.get(name)
+            if t is not None:
+                r = f"%w{len(inits)}"
+                ref[name] = r
+                et, dims = init_types.get(name) or (t.data_type, tuple(t.dims))
+                inits.append(CInit(r, vtype(name), et, dims, name, t, self.base_dir))
+                return r
             if self.outer is not None:
                 ph = self.outer.get(name)
                 if ph is None:
@@ -624,50 +683,81 @@ class _Canonicalizer:
                 return ph
             r = unknown.get(name)
             if r is None:
-                r = f"{p}undef{len(unknown)}"
-                unknown[name] = r
+                r = unknown[name] = f"%undef{len(unknown)}"
                 if not any("undefined" in n for n in notes):
                     notes.append("some node inputs are produced by nothing (undefined values)")
             return r
 
         cnodes: list[CNode] = []
+        tcache = self.types._str
         for k, i in enumerate(order):
-            nd = nodes[i]
-            ins = [resolve(x) for x in nd.input]
-            in_types = [self.vtype(x) if x else "" for x in nd.input]
-            outs = [ref[o] if o else "_" for o in nd.output]
-            out_types = [self.vtype(o) if o else "" for o in nd.output]
-            body: list[str] = []
-            attrs = dict(attrs_of(i))
-            imp = [resolve(x) for x in implicit[i]]
-            for a in nd.attribute:
-                graphs = _attr_graphs(a)
-                if graphs:
-                    texts = []
-                    for gi, sg in enumerate(graphs):
-                        lines, outer_map = self.subgraph_lines(sg, resolve)
-                        digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()[:_HASH_CHARS]
-                        texts.append(f"graph#{digest}")
-                        tag = a.name if len(graphs) == 1 else f"{a.name}[{gi}]"
-                        body.append(f"{tag}:")
-                        body.extend(f"  {ln}" for ln in outer_map + lines)
-                    attrs[a.name] = texts[0] if a.type == 5 else "[" + ",".join(texts) + "]"
-            cnodes.append(CNode(k, _op_name(nd), ins, in_types, outs, out_types, attrs,
-                                nd.name or None, body, imp))
-        for name in init_names:  # initializers nobody reads keep a ref too
-            if name not in ref:
-                init_ref(name)
-        outputs = [CValue(f"{p}out{k}", o.name, self.vtype(o.name), resolve(o.name)) for k, o in enumerate(g.output)]
+            ins = n_in[i]
+            outs = n_out[i]
+            attrs = n_attrs[i]
+            body: list[str] | tuple[str, ...] = ()
+            imp: list[str] | tuple[str, ...] = ()
+            if i in implicit:
+                attrs, body = self.subgraph_attrs(nodes[i], attrs, resolve)
+                imp = [resolve(x) for x in implicit[i]]
+            in_refs = []
+            in_types = []
+            for x in ins:
+                if x:
+                    r = ref.get(x)
+                    in_refs.append(r if r is not None else resolve(x))
+                    t = tcache.get(x)
+                    in_types.append(t if t is not None else vtype(x))
+                else:
+                    in_refs.append("_")
+                    in_types.append("")
+            cnodes.append(CNode(
+                k, n_op[i], in_refs, in_types,
+                [ref[o] if o else "_" for o in outs], [vtype(o) if o else "" for o in outs],
+                attrs, n_name[i] or None, body, imp))
+        for t in init_list:  # initializers nobody reads keep a ref too
+            resolve(t.name)
+        outputs = [CValue(f"%out{k}", o.name, vtype(o.name), resolve(o.name)) for k, o in enumerate(g.output)]
         return inputs, outputs, inits, cnodes, notes
 
     def render_attrs(self, nd: Any) -> dict[str, str]:
-        out: dict[str, str] = {}
-        for a in sorted(nd.attribute, key=lambda a: a.name):
-            if a.type in (5, 10):
-                out[a.name] = "graph"  # replaced by the subgraph digest later
-                continue
-            out[a.name] = self.render_attr(a)
+        """Rendered attributes, sorted by name (cached: most nodes share a few attribute sets).
+        A node with subgraphs gets a ``_GRAPH_MARK`` key, replaced later by subgraph digests."""
+        attrs = nd.attribute
+        if not attrs:
+            return {}
+        key = b"".join(a.SerializeToString() for a in attrs)
+        out = self._attr_cache.get(key)
+        if out is None:
+            out = {}
+            has_graph = False
+            for a in sorted(attrs, key=lambda a: a.name):
+                if a.type in (5, 10):
+                    has_graph = True
+                    out[a.name] = "graph"
+                else:
+                    out[a.name] = self.render_attr(a)
+            if has_graph:
+                out[_GRAPH_MARK] = ""
+            else:
+                self._attr_cache[key] = out
         return out
+
+    def subgraph_attrs(self, nd: Any, attrs: dict[str, str], outer_resolve) -> tuple[dict[str, str], list[str]]:
+        attrs = {k: v for k, v in attrs.items() if k != _GRAPH_MARK}
+        body: list[str] = []
+        for a in nd.attribute:
+            graphs = _attr_graphs(a)
+            if not graphs:
+                continue
+            texts = []
+            for gi, sg in enumerate(graphs):
+                lines, outer_map = self.subgraph_lines(sg, outer_resolve)
+                digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()[:_HASH_CHARS]
+                texts.append(f"graph#{digest}")
+                body.append(f"{a.name if len(graphs) == 1 else f'{a.name}[{gi}]'}:")
+                body.extend(f"  {ln}" for ln in outer_map + lines)
+            attrs[a.name] = texts[0] if a.type == 5 else "[" + ",".join(texts) + "]"
+        return attrs, body
 
     def render_attr(self, a: Any) -> str:
         if a.ref_attr_name:
@@ -698,35 +788,33 @@ class _Canonicalizer:
         return "?"
 
     def subgraph_lines(self, sg: Any, outer_resolve) -> tuple[list[str], list[str]]:
-        types = dict(self.types)
-        for vi in list(sg.value_info) + list(sg.input) + list(sg.output):
-            if vi.HasField("type"):
-                types[vi.name] = vi.type
-        for t in sg.initializer:
-            import onnx
-
-            tp = onnx.TypeProto()
-            tp.tensor_type.elem_type = t.data_type
-            tp.tensor_type.shape.SetInParent()
-            for d in t.dims:
-                tp.tensor_type.shape.dim.add().dim_value = d
-            types[t.name] = tp
-        sub = _Canonicalizer(sg, types, self.keep, self.base_dir, prefix="%", outer={})
+        sub = _Canonicalizer(sg, self.types.with_graph(sg), self.base_dir, outer={})
         ins, outs, inits, nodes, _ = sub.run()
-        tmp = CanonGraph("onnx", None, None, {}, {}, ins, outs, inits, nodes)
-        lines = render_body(tmp, io_names=False)
+        lines = render_body(CanonGraph("onnx", None, None, {}, {}, ins, outs, inits, nodes), io_names=False)
         outer_map = [f"outer {ph} = {outer_resolve(name)}" for ph, name in sub.outer_refs.items()]
         return lines, outer_map
 
 
+@contextlib.contextmanager
+def no_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector: building tens of thousands of small acyclic objects
+    otherwise triggers full collections over and over."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def canonicalize(model: Any, *, base_dir: str | None = None, path: str | None = None) -> CanonGraph:
     """The canonical view of a ModelProto (weights are only touched when a hash is asked for)."""
-    types, err = infer_value_types(model)
-    keep = interface_params(model.graph)
-    c = _Canonicalizer(model.graph, types, keep, base_dir)
-    inputs, outputs, inits, nodes, notes = c.run()
-    if err:
-        notes.insert(0, err)
+    with no_gc():
+        types = infer_value_types(model)
+        inputs, outputs, inits, nodes, notes = _Canonicalizer(model.graph, types, base_dir).run()
+    if types.error:
+        notes.insert(0, types.error)
     opsets: dict[str, int] = {}
     for o in model.opset_import:
         opsets[o.domain or "ai.onnx"] = int(o.version)

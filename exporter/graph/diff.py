@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 import os
 from collections import Counter
@@ -32,6 +33,7 @@ from exporter.graph._canon import (
     CValue,
     canonicalize,
     load_any,
+    no_gc,
     parse_snapshot,
     strip_hashes,
 )
@@ -39,7 +41,7 @@ from exporter.graph._canon import (
 __all__ = ["IGNORABLE", "DiffResult", "diff", "load_graph"]
 
 IGNORABLE = ("names", "initializer-values", "metadata")
-_MAX_EDITS = 2000  # beyond this edit distance the aligner falls back to difflib (or gives up)
+_MAX_EDITS = 1000  # beyond this edit distance the aligner anchors on unique signatures first
 _LIST_LIMIT_TEXT = 50
 _LIST_LIMIT_MD = 200
 
@@ -282,7 +284,7 @@ def _myers(a: list[int], b: list[int], max_d: int) -> list[tuple[int, int]] | No
     suf = 0
     while suf < n - pre and suf < m - pre and a[n - 1 - suf] == b[m - 1 - suf]:
         suf += 1
-    pairs = [(i, i) for i in range(pre)]
+    pairs = list(zip(range(pre), range(pre), strict=True))
     aa, bb = a[pre:n - suf], b[pre:m - suf]
     mid = _myers_core(aa, bb, max_d)
     if mid is None:
@@ -318,7 +320,7 @@ def _myers_core(a: list[int], b: list[int], max_d: int) -> list[tuple[int, int]]
 
 
 def _backtrack(trace: list[list[int]], dmax: int, n: int, m: int) -> list[tuple[int, int]]:
-    pairs: list[tuple[int, int]] = []
+    snakes: list[tuple[int, int, int]] = []  # (x, y, length) of each diagonal run, last first
     x, y = n, m
     for d in range(dmax, 0, -1):
         vs, base = trace[d], d + 1
@@ -326,33 +328,77 @@ def _backtrack(trace: list[list[int]], dmax: int, n: int, m: int) -> list[tuple[
         pk = k + 1 if (k == -d or (k != d and vs[base + k - 1] < vs[base + k + 1])) else k - 1
         px = vs[base + pk]
         py = px - pk
-        while x > px and y > py:
-            x -= 1
-            y -= 1
-            pairs.append((x, y))
+        run = min(x - px, y - py)
+        if run > 0:
+            snakes.append((x - run, y - run, run))
         x, y = px, py
-    while x > 0 and y > 0:
-        x -= 1
-        y -= 1
-        pairs.append((x, y))
-    pairs.reverse()
+    if min(x, y) > 0:
+        snakes.append((0, 0, min(x, y)))
+    pairs: list[tuple[int, int]] = []
+    for sx, sy, run in reversed(snakes):
+        pairs.extend(zip(range(sx, sx + run), range(sy, sy + run), strict=True))
     return pairs
 
 
-def _align(a: list[int], b: list[int], notes: list[str]) -> list[tuple[int, int]]:
+def _align(a: list[int], b: list[int], notes: list[str], depth: int = 0) -> list[tuple[int, int]]:
+    """Matched index pairs of two signature sequences: Myers' shortest edit script while the edit
+    distance stays small (its cost grows with its square), else patience anchors (signatures that
+    occur exactly once on each side, kept in order) and the same again between the anchors."""
     pairs = _myers(a, b, _MAX_EDITS)
     if pairs is not None:
         return pairs
-    if len(a) * len(b) <= 16_000_000:
-        sm = difflib.SequenceMatcher(None, a, b, autojunk=False)
-        msg = "graphs differ in many places; nodes aligned by a coarser method (difflib)"
-        if msg not in notes:
-            notes.append(msg)
-        return [(blk.a + k, blk.b + k) for blk in sm.get_matching_blocks() for k in range(blk.size)]
-    msg = "graphs differ in too many places to align this stretch; its nodes are reported as removed and added"
+    anchors = _patience_anchors(a, b) if depth < 8 else []
+    if not anchors:
+        if len(a) * len(b) <= 4_000_000:
+            _note(notes, "graphs differ in many places; some nodes were aligned by a coarser method (difflib)")
+            sm = difflib.SequenceMatcher(None, a, b, autojunk=False)
+            return [(blk.a + k, blk.b + k) for blk in sm.get_matching_blocks() for k in range(blk.size)]
+        _note(notes, "graphs differ in too many places to align some stretches; their nodes are reported "
+                     "as removed and added")
+        return []
+    out: list[tuple[int, int]] = []
+    prev_i = prev_j = -1
+    for i, j in [*anchors, (len(a), len(b))]:
+        if i - prev_i > 1 and j - prev_j > 1:
+            lo_i, lo_j = prev_i + 1, prev_j + 1
+            out.extend((lo_i + x, lo_j + y) for x, y in _align(a[lo_i:i], b[lo_j:j], notes, depth + 1))
+        if i < len(a):
+            out.append((i, j))
+        prev_i, prev_j = i, j
+    return out
+
+
+def _patience_anchors(a: list[int], b: list[int]) -> list[tuple[int, int]]:
+    """Longest increasing run of (i, j) over signatures unique in both sequences."""
+    import bisect
+
+    ca, cb = Counter(a), Counter(b)
+    pos_b = {x: j for j, x in enumerate(b) if cb[x] == 1}
+    cand = [(i, pos_b[x]) for i, x in enumerate(a) if ca[x] == 1 and x in pos_b]
+    if not cand:
+        return []
+    tails: list[int] = []  # tails[k]: smallest j ending an increasing run of length k + 1
+    tail_idx: list[int] = []
+    back: list[int] = [-1] * len(cand)
+    for n, (_, j) in enumerate(cand):
+        k = bisect.bisect_left(tails, j)
+        if k == len(tails):
+            tails.append(j)
+            tail_idx.append(n)
+        else:
+            tails[k] = j
+            tail_idx[k] = n
+        back[n] = tail_idx[k - 1] if k else -1
+    run, n = [], tail_idx[-1]
+    while n >= 0:
+        run.append(cand[n])
+        n = back[n]
+    return run[::-1]
+
+
+def _note(notes: list[str], msg: str) -> None:
     if msg not in notes:
         notes.append(msg)
-    return []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -377,6 +423,7 @@ def _side(g: CanonGraph) -> dict[str, Any]:
             "ops": dict(sorted(ops.items()))}
 
 
+@functools.lru_cache(maxsize=4096)
 def _slot_name(op: str, slot: int, opset: int | None) -> str:
     """``input 2 (B)`` using the operator schema where onnx knows it."""
     try:
@@ -407,13 +454,25 @@ class _Side:
         # values computed from constants alone (Constant nodes, Identity of an initializer, ...)
         self.const: set[str] = set(self.inits)
         self.alias: dict[str, str] = {}  # Identity output -> the initializer it forwards
+        const = self.const
         for n in g.nodes:
-            if all(r == "_" or r in self.const for r in n.inputs) and not n.implicit:
-                self.const.update(r for r in n.outputs if r != "_")
+            if not n.implicit and all(r == "_" or r in const for r in n.inputs):
+                const.update(r for r in n.outputs if r != "_")
                 if n.op == "Identity" and n.inputs and n.outputs:
                     src = self.alias.get(n.inputs[0], n.inputs[0])
                     if src in self.inits:
                         self.alias[n.outputs[0]] = src
+        # per node: (slot, ref, type) of the inputs that are neither constant nor omitted
+        const.add("_")
+        self.data: list[list[tuple[int, str, str]]] = []
+        for n in g.nodes:
+            ins = n.inputs
+            if len(ins) == 1:
+                self.data.append([] if ins[0] in const else [(0, ins[0], n.input_types[0])])
+            else:
+                tys = n.input_types
+                self.data.append([(k, r, tys[k]) for k, r in enumerate(ins) if r not in const])
+        const.discard("_")
 
     def init_of(self, ref: str) -> str | None:
         """The initializer a value is (directly or through Identity nodes), else None."""
@@ -422,8 +481,7 @@ class _Side:
         return self.alias.get(ref)
 
     def data_inputs(self, n: CNode) -> list[tuple[int, str, str]]:
-        return [(k, r, t) for k, (r, t) in enumerate(zip(n.inputs, n.input_types, strict=False))
-                if r != "_" and r not in self.const]
+        return self.data[n.index]
 
     def source(self, ref: str, match: dict[int, int] | None) -> tuple:
         """Where a value comes from, in B's numbering: ('node', b_index, slot), ('in', k),
@@ -468,12 +526,12 @@ def diff(a: Any, b: Any, *, ignore: Any = (), atol: float = 0.0) -> DiffResult:
     ign = _parse_ignore(ignore)
     if atol < 0:
         raise ConfigError(f"--atol must be >= 0, got {atol}")
-    ga = load_graph(a)
-    if ga.kind == "onnx" and _same_bytes(a, b) and (
-            not any(i.external for i in ga.initializers) or Path(a).resolve().parent == Path(b).resolve().parent):
-        gb = dataclasses.replace(ga, path=str(b))  # byte-identical files: one parse is enough
-    else:
-        gb = load_graph(b)
+    with no_gc():
+        ga, gb = _load_pair(a, b)
+        return _diff(ga, gb, ign, float(atol))
+
+
+def _diff(ga: CanonGraph, gb: CanonGraph, ign: tuple[str, ...], atol: float) -> DiffResult:
     res = DiffResult(_side(ga), _side(gb), ign, float(atol))
     res.notes.extend(f"A: {n}" for n in ga.notes)
     res.notes.extend(f"B: {n}" for n in gb.notes)
@@ -534,10 +592,14 @@ def _compare_model(ga: CanonGraph, gb: CanonGraph, res: DiffResult, with_metadat
 def _match_nodes(sa: _Side, sb: _Side, ignore_values: bool, notes: list[str]) -> list[tuple[int, int]]:
     """Align the canonical node sequences: full signatures first, then op names inside the gaps."""
     intern: dict[Any, int] = {}
+    attr_keys: dict[int, tuple] = {}  # rendered attribute dicts are shared between nodes: key by id
 
     def sig(side: _Side, n: CNode) -> int:
-        attrs = tuple(sorted((k, strip_hashes(v) if ignore_values else v) for k, v in n.attrs.items()))
-        key = (n.op, attrs, tuple(t for _, _, t in side.data_inputs(n)), tuple(n.output_types))
+        attrs = attr_keys.get(id(n.attrs))
+        if attrs is None:
+            attrs = tuple((k, strip_hashes(v)) for k, v in n.attrs.items()) if ignore_values else tuple(n.attrs.items())
+            attr_keys[id(n.attrs)] = attrs
+        key = (n.op, attrs, tuple([t for _, _, t in side.data[n.index]]), tuple(n.output_types))
         return intern.setdefault(key, len(intern))
 
     na_, nb_ = sa.nodes, sb.nodes
@@ -571,42 +633,49 @@ def _compare_node(sa: _Side, sb: _Side, ia: int, ib: int, match: dict[int, int],
     changes: list[str] = []
     if na.op != nb.op:
         changes.append(f"op: {na.op} -> {nb.op}")
-    for attr in sorted(set(na.attrs) | set(nb.attrs)):
-        xa, xb = na.attrs.get(attr), nb.attrs.get(attr)
-        if ignore_values and xa is not None and xb is not None:
-            xa, xb = strip_hashes(xa), strip_hashes(xb)
-        if xa != xb:
-            changes.append(f"{attr}: {_v(xa)} -> {_v(xb)}")
-    da, db = sa.data_inputs(na), sb.data_inputs(nb)
+    if na.attrs != nb.attrs:
+        for attr in sorted(set(na.attrs) | set(nb.attrs)):
+            xa, xb = na.attrs.get(attr), nb.attrs.get(attr)
+            if ignore_values and xa is not None and xb is not None:
+                xa, xb = strip_hashes(xa), strip_hashes(xb)
+            if xa != xb:
+                changes.append(f"{attr}: {_v(xa)} -> {_v(xb)}")
+    da, db = sa.data[ia], sb.data[ib]
     if len(da) != len(db):
         changes.append(f"data inputs: {len(da)} -> {len(db)}")
     for (slot, ra, ta), (_, rb, tb) in zip(da, db, strict=False):
         if ta != tb:
             changes.append(f"{_slot_name(na.op, slot, opset)}: {ta} -> {tb}")
         src_a, src_b = sa.source(ra, match), sb.source(rb, ident_b)
-        if src_a[0] in ("node", "in") and src_b[0] in ("node", "in") and src_a != src_b:
+        if src_a != src_b and src_a[0] in ("node", "in") and src_b[0] in ("node", "in"):
             changes.append(f"{_slot_name(na.op, slot, opset)}: reads A{_orig(sa, ra)} -> B{sb.describe(src_b)}")
-    if len(na.outputs) != len(nb.outputs):
-        changes.append(f"outputs: {len(na.outputs)} -> {len(nb.outputs)}")
-    for j, (ta, tb) in enumerate(zip(na.output_types, nb.output_types, strict=False)):
-        if ta != tb:
-            changes.append(f"output {j}: {ta} -> {tb}")
+    if na.output_types != nb.output_types:
+        if len(na.outputs) != len(nb.outputs):
+            changes.append(f"outputs: {len(na.outputs)} -> {len(nb.outputs)}")
+        for j, (ta, tb) in enumerate(zip(na.output_types, nb.output_types, strict=False)):
+            if ta != tb:
+                changes.append(f"output {j}: {ta} -> {tb}")
     # constant inputs slot by slot: initializers (also behind Identity) are compared, not counted as structure
+    if len(da) == len(na.inputs) and len(db) == len(nb.inputs):
+        return changes
+
+    def where(slot: int) -> str:
+        return f"A%{ia}/B%{ib} {na.op} {_slot_name(na.op, slot, opset)}"
+
     for slot in range(max(len(na.inputs), len(nb.inputs))):
         ra = na.inputs[slot] if slot < len(na.inputs) else "_"
         rb = nb.inputs[slot] if slot < len(nb.inputs) else "_"
         wa, wb = sa.init_of(ra), sb.init_of(rb)
-        where = f"A%{ia}/B%{ib} {na.op} {_slot_name(na.op, slot, opset)}"
         if wa is not None and wb is not None:
             if (wa, wb) not in seen:
                 seen.add((wa, wb))
                 c = _compare_init(sa.inits[wa], sb.inits[wb], ignore_values, atol)
                 if c:
-                    res.initializers.append({**c, "where": where})
+                    res.initializers.append({**c, "where": where(slot)})
         elif wa is not None and rb == "_":
-            res.initializers.append({"kind": "removed", "where": where, "a": sa.inits[wa].type, "b": None})
+            res.initializers.append({"kind": "removed", "where": where(slot), "a": sa.inits[wa].type, "b": None})
         elif ra == "_" and wb is not None:
-            res.initializers.append({"kind": "added", "where": where, "a": None, "b": sb.inits[wb].type})
+            res.initializers.append({"kind": "added", "where": where(slot), "a": None, "b": sb.inits[wb].type})
         elif ra != "_" and rb != "_" and (ra in sa.const) != (rb in sb.const):
             what_a = "constant" if ra in sa.const else "computed value"
             what_b = "constant" if rb in sb.const else "computed value"
@@ -653,6 +722,15 @@ def _compare_interface(sa: _Side, sb: _Side, match: dict[int, int], ident_b: dic
                                    "b": f"B{sb.describe(src_b)}"})
 
 
+def _load_pair(a: Any, b: Any) -> tuple[CanonGraph, CanonGraph]:
+    """Both canonical graphs; two byte-identical files are read once."""
+    ga = load_graph(a)
+    if ga.kind == "onnx" and _same_bytes(a, b) and (
+            not any(i.external for i in ga.initializers) or Path(a).resolve().parent == Path(b).resolve().parent):
+        return ga, dataclasses.replace(ga, path=str(b))
+    return ga, load_graph(b)
+
+
 def _same_bytes(a: Any, b: Any) -> bool:
     """Both paths name regular files with the same content (compared in 1 MiB blocks)."""
     if not (isinstance(a, (str, os.PathLike)) and isinstance(b, (str, os.PathLike))):
@@ -688,9 +766,13 @@ def _compare_init(ia: Any, ib: Any, ignore_values: bool, atol: float) -> dict[st
         try:
             import numpy as np
 
-            xa, xb = ia.array(), ib.array()
-            if xa.dtype.kind in "biufc" and xa.shape == xb.shape:
-                dmax = float(np.max(np.abs(xa.astype(np.float64) - xb.astype(np.float64)))) if xa.size else 0.0
+            xa, xb = ia.array(da), ib.array(db)
+            if xa.dtype.kind in "biuf" and xa.shape == xb.shape:
+                if xa.dtype.kind == "f" and xa.dtype.itemsize >= 4:
+                    delta = np.abs(xa - xb)
+                else:
+                    delta = np.abs(xa.astype(np.float64) - xb.astype(np.float64))
+                dmax = float(delta.max()) if delta.size else 0.0
                 if dmax <= atol:
                     return None
                 return {"kind": "values", "a": ia.type, "b": ib.type, "detail": f"max |delta| {dmax:.4g}",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeGuard
 
@@ -18,6 +19,7 @@ from exporter.graph._canon import (
     dtype_long,
     infer_value_types,
     load_any,
+    no_gc,
     numel,
     shape_list,
 )
@@ -44,11 +46,11 @@ def _known(shape: list | None) -> TypeGuard[list[int]]:
     return shape is not None and all(isinstance(d, int) and d >= 0 for d in shape)
 
 
-def _node_flops(node: Any, shapes: dict[str, list | None]) -> int | None:
+def _node_flops(node: Any, shape: Callable[[str], list | None]) -> int | None:
     """FLOPs (2 per multiply-add) of one node, or None when its shapes are not known."""
     op = node.op_type
-    ins = [shapes.get(x) if x else None for x in node.input]
-    out = shapes.get(node.output[0]) if node.output else None
+    ins = [shape(x) if x else None for x in node.input[:2]]
+    out = shape(node.output[0]) if node.output and node.output[0] else None
     if op == "Conv":
         w = ins[1] if len(ins) > 1 else None
         if not (_known(w) and _known(out) and len(w) >= 2):
@@ -77,8 +79,14 @@ def _node_flops(node: Any, shapes: dict[str, list | None]) -> int | None:
 def inspect(path_or_model: str | os.PathLike[str] | Any) -> dict[str, Any]:
     """Summary of an ONNX file or ModelProto as one JSON-ready dict (weights are never read)."""
     model, _base_dir, path = load_any(path_or_model)
+    with no_gc():
+        return _inspect(model, path)
+
+
+def _inspect(model: Any, path: str | None) -> dict[str, Any]:
     g = model.graph
-    types, infer_error = infer_value_types(model)
+    types = infer_value_types(model)
+    infer_error = types.error
 
     init_names = {t.name for t in g.initializer}
     params = param_bytes = 0
@@ -98,38 +106,28 @@ def inspect(path_or_model: str | os.PathLike[str] | Any) -> dict[str, Any]:
         params += n
         param_bytes += dtype_bytes(st.values.data_type, n)
 
-    ops = Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}" for n in g.node)
-    histogram = dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0])))
+    ops: Counter[str] = Counter()
     sub_nodes = 0
-    for n in g.node:
-        for a in n.attribute:
-            for sg in ([a.g] if a.type == 5 else list(a.graphs) if a.type == 10 else []):
-                sub_nodes += _count_nodes(sg)
-
-    shapes: dict[str, list | None] = {}
-
-    def shape_of(name: str) -> list | None:
-        if name not in shapes:
-            tp = types.get(name)
-            shapes[name] = shape_list(tp) if tp is not None else None
-        return shapes[name]
-
     flops_by_op: dict[str, int] = {}
     unknown: list[dict[str, str]] = []
     unknown_count = 0
     for n in g.node:
-        if n.op_type not in FLOP_OPS or n.domain not in ("", "ai.onnx"):
+        op, domain = n.op_type, n.domain
+        ops[op if domain in ("", "ai.onnx") else f"{domain}.{op}"] += 1
+        if op in ("If", "Loop", "Scan") or domain not in ("", "ai.onnx"):
+            for a in n.attribute:
+                for sg in ([a.g] if a.type == 5 else list(a.graphs) if a.type == 10 else []):
+                    sub_nodes += _count_nodes(sg)
+        if op not in FLOP_OPS or domain not in ("", "ai.onnx"):
             continue
-        for x in list(n.input[:2]) + list(n.output[:1]):
-            if x:
-                shape_of(x)
-        f = _node_flops(n, shapes)
+        f = _node_flops(n, types.shape)
         if f is None:
             unknown_count += 1
             if len(unknown) < _UNKNOWN_LISTED:
-                unknown.append({"op": n.op_type, "name": n.name})
+                unknown.append({"op": op, "name": n.name})
         else:
-            flops_by_op[n.op_type] = flops_by_op.get(n.op_type, 0) + f
+            flops_by_op[op] = flops_by_op.get(op, 0) + f
+    histogram = dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0])))
 
     file_bytes = None
     if path is not None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter.errors import InputError
-from exporter.graph._canon import canonicalize, load_any, render_snapshot
+from exporter.graph._canon import canonicalize, load_any, no_gc, render_snapshot
 
 __all__ = ["snapshot", "write_snapshot"]
 
@@ -27,7 +27,8 @@ def snapshot(path_or_model: str | os.PathLike[str] | Any, *, io_names: bool = Tr
     """Canonical, deterministic snapshot text of an ONNX file or ModelProto."""
     model, base_dir, path = load_any(path_or_model)
     g = canonicalize(model, base_dir=base_dir, path=path)
-    text = render_snapshot(g, io_names=io_names, metadata=metadata)
+    with no_gc():
+        text = render_snapshot(g, io_names=io_names, metadata=metadata)
     if g.notes:
         head, _, rest = text.partition("\n")
         text = head + "\n" + "".join(f"# note: {n}\n" for n in g.notes) + rest

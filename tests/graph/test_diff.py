@@ -247,3 +247,16 @@ def test_yolov5s_keep_bn_adds_exactly_57_batchnorms(graph_dir: Path, builders) -
     assert {c["kind"] for c in r.initializers} <= {"removed", "values"}
     assert all(c["where"].split()[1] == "Conv" for c in r.initializers)
     assert np.isfinite([c.get("max_abs_diff", 0.0) for c in r.initializers]).all()
+
+
+def test_alignment_of_far_apart_sequences_uses_anchors() -> None:
+    from exporter.graph.diff import _align
+
+    rnd = random.Random(1)
+    a = list(range(5000))  # unique signatures
+    b = [x for x in a if rnd.random() > 0.3] + [9999] * 10  # 1500 removals: too many for Myers' budget
+    notes: list[str] = []
+    pairs = _align(a, b, notes)
+    assert len(pairs) == len(b) - 10
+    assert all(a[i] == b[j] for i, j in pairs)
+    assert all(i1 < i2 and j1 < j2 for (i1, j1), (i2, j2) in zip(pairs, pairs[1:], strict=False))
