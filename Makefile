@@ -48,13 +48,13 @@ bench-quick: $(STAMP) ## the benchmarks in quick mode (under about 3 minutes)
 	$(BIN)/python bench/run.py --quick
 
 graphs: $(STAMP) ## render graphviz_out/ diagrams of the main fixture variants
-	$(BIN)/python -m exporter.goldens render
+	$(BIN)/python fixtures/golden/goldens.py render
 
 graphs-check: $(STAMP) ## re-export the golden variants and diff them against fixtures/golden
-	$(BIN)/python -m exporter.goldens check
+	$(BIN)/python fixtures/golden/goldens.py check
 
 graphs-update: $(STAMP) ## rewrite fixtures/golden after an intended graph change
-	$(BIN)/python -m exporter.goldens update
+	$(BIN)/python fixtures/golden/goldens.py update
 
 clean:
 	rm -rf exports build dist .pytest_cache .mypy_cache .ruff_cache

@@ -21,6 +21,7 @@ def atomic_write(path: str | Path, data: bytes | str) -> Path:
             stale.unlink()
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the mode a plain open() would
         with os.fdopen(fd, "wb") as f:
             f.write(raw)
             f.flush()
@@ -31,3 +32,9 @@ def atomic_write(path: str | Path, data: bytes | str) -> Path:
             os.unlink(tmp)
         raise
     return p
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -732,7 +732,7 @@ def default_output(path: str | Path) -> Path:
 
 def write_dot(text: str, out: str | Path, timeout: float = 300.0) -> Path:
     """Write DOT ``text`` to ``out``: as is for ``.dot``, through ``dot -T<suffix>`` otherwise."""
-    from exporter.graph._viz import atomic_write
+    from exporter.io import atomic_write
 
     dst = Path(out)
     fmt = dst.suffix.lower().lstrip(".")

@@ -196,7 +196,7 @@ def _screenshot(browser, svg: str, width: int | None, scale: float) -> tuple[byt
 
 
 def _render(path: Path, out: Path, fmt: str, width: int | None, scale: float, timeout: float, exe: str) -> RenderResult:
-    from exporter.graph._viz import atomic_write
+    from exporter.io import atomic_write
     from exporter.graph.netron import serve
 
     sync_playwright = _playwright()
