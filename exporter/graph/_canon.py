@@ -512,24 +512,45 @@ class _Canonicalizer:
         vtype = self.types.render
         nodes = list(g.node)
         n_nodes = len(nodes)
-        n_in = [list(nd.input) for nd in nodes]
-        n_out = [list(nd.output) for nd in nodes]
-        n_op = [nd.op_type if nd.domain in ("", "ai.onnx") else f"{nd.domain}.{nd.op_type}" for nd in nodes]
-        n_name = [nd.name for nd in nodes]
-        n_attrs = [self.render_attrs(nd) for nd in nodes]
+        n_in: list[list[str]] = []
+        n_out: list[list[str]] = []
+        n_op: list[str] = []
+        n_name: list[str] = []
+        n_attrs: list[dict[str, str]] = []
+        deps: list[list[str]] = []  # what each node reads (no empty names), plus implicit reads below
+        producer: dict[str, tuple[int, int]] = {}
+        consumers: dict[str, list[int]] = {}
+        render_attrs = self.render_attrs
+        for i, nd in enumerate(nodes):
+            ins, outs = list(nd.input), list(nd.output)
+            n_in.append(ins)
+            n_out.append(outs)
+            domain = nd.domain
+            n_op.append(nd.op_type if not domain or domain == "ai.onnx" else f"{domain}.{nd.op_type}")
+            n_name.append(nd.name)
+            n_attrs.append(render_attrs(nd) if len(nd.attribute) else {})
+            if "" in ins:
+                ins = [x for x in ins if x]
+            deps.append(ins)
+            for x in ins:
+                lst = consumers.get(x)
+                if lst is None:
+                    consumers[x] = [i]
+                else:
+                    lst.append(i)
+            if len(outs) == 1:
+                if outs[0]:
+                    producer[outs[0]] = (i, 0)
+            else:
+                for j, o in enumerate(outs):
+                    if o:
+                        producer[o] = (i, j)
         init_list = list(g.initializer) + [t.values for t in g.sparse_initializer]
         init_by_name = {t.name: t for t in init_list}
         graph_inputs = [vi for vi in g.input if vi.name not in init_by_name]
         gin_pos = {vi.name: k for k, vi in enumerate(graph_inputs)}
 
-        producer: dict[str, tuple[int, int]] = {}
-        for i, outs in enumerate(n_out):
-            for j, o in enumerate(outs):
-                if o:
-                    producer[o] = (i, j)
-
-        # what each node reads: its inputs plus, for If/Loop/Scan, the outer values its bodies use
-        deps: list[list[str]] = [[x for x in ins if x] for ins in n_in]
+        # If/Loop/Scan also read the outer values their bodies use
         implicit: dict[int, list[str]] = {}
         for i, attrs in enumerate(n_attrs):
             if _GRAPH_MARK in attrs:
@@ -539,10 +560,8 @@ class _Canonicalizer:
                         extra.extend(sorted(_subgraph_free_names(sg)))
                 implicit[i] = list(dict.fromkeys(extra))
                 deps[i] = deps[i] + implicit[i]
-        consumers: dict[str, list[int]] = {}
-        for i, ds in enumerate(deps):
-            for x in ds:
-                consumers.setdefault(x, []).append(i)
+                for x in implicit[i]:
+                    consumers.setdefault(x, []).append(i)
 
         # constant-derived nodes: every dependency is an initializer or another constant-derived node
         is_const = [False] * n_nodes
@@ -725,7 +744,7 @@ class _Canonicalizer:
         attrs = nd.attribute
         if not attrs:
             return {}
-        key = b"".join(a.SerializeToString() for a in attrs)
+        key = b"".join([a.SerializeToString() for a in attrs])
         out = self._attr_cache.get(key)
         if out is None:
             out = {}

@@ -606,12 +606,18 @@ def _match_nodes(sa: _Side, sb: _Side, ignore_values: bool, notes: list[str]) ->
     exact = _align([sig(sa, n) for n in na_], [sig(sb, n) for n in nb_], notes)
     pairs: list[tuple[int, int]] = []
     prev_a = prev_b = -1
-    ops_id: dict[str, int] = {}
+    ops_id: dict[Any, int] = {}
+
+    def coarse(side: _Side, n: CNode) -> int:
+        # the op alone; a node without data inputs (Constant, ...) pairs only with one of its type
+        key = n.op if side.data[n.index] else (n.op, tuple(n.output_types))
+        return ops_id.setdefault(key, len(ops_id))
+
     for ia, ib in [*exact, (len(na_), len(nb_))]:
         if ia - prev_a > 1 and ib - prev_b > 1:
             lo_a, lo_b = prev_a + 1, prev_b + 1
-            ops_a = [ops_id.setdefault(n.op, len(ops_id)) for n in na_[lo_a:ia]]
-            ops_b = [ops_id.setdefault(n.op, len(ops_id)) for n in nb_[lo_b:ib]]
+            ops_a = [coarse(sa, n) for n in na_[lo_a:ia]]
+            ops_b = [coarse(sb, n) for n in nb_[lo_b:ib]]
             pairs.extend((lo_a + x, lo_b + y) for x, y in _align(ops_a, ops_b, notes))
         if ia < len(na_):
             pairs.append((ia, ib))

@@ -218,7 +218,8 @@ def format_report(r: dict[str, Any]) -> str:
     if fl["unknown_nodes"]:
         names = ", ".join(u["name"] or u["op"] for u in fl["unknown"][:5])
         more = ", ..." if fl["unknown_nodes"] > 5 else ""
-        unknown = f"; {fl['unknown_nodes']} nodes with unknown shapes not counted ({names}{more})"
+        nodes = "node" if fl["unknown_nodes"] == 1 else "nodes"
+        unknown = f"; {fl['unknown_nodes']} {nodes} with unknown shapes not counted ({names}{more})"
     lines.append(f"FLOPs:        {_human(fl['total'])}" + (f" ({by_op})" if by_op else "") +
                  f"  [2 per multiply-add{unknown}]")
     lines.append("watched ops:  " + ", ".join(f"{op} {n}" for op, n in r["watched_ops"].items()))
