@@ -104,5 +104,13 @@ def load_config_defaults(ctx: click.Context, param: click.Parameter, value: str 
         return
     from exporter.options import load_config
 
-    data = load_config(value, known={p.name for p in ctx.command.params if p.name})
-    ctx.default_map = {**(ctx.default_map or {}), **data}
+    # accept each option's long flag (training_mode for --training-mode) as well as its parameter name
+    aliases: dict[str, str] = {}
+    for p in ctx.command.params:
+        if isinstance(p, click.Option) and p.name and p.name != "config":
+            aliases[p.name] = p.name
+            for flag in p.opts:
+                if flag.startswith("--"):
+                    aliases[flag[2:].replace("-", "_")] = p.name
+    data = load_config(value, known=set(aliases))
+    ctx.default_map = {**(ctx.default_map or {}), **{aliases[k]: v for k, v in data.items()}}
