@@ -99,7 +99,7 @@ class ParityReport:
         return self.passed
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"passed": self.passed, "reference": self.reference, "inputs": self.inputs,
+        out: dict[str, Any] = {"passed": self.passed, "reference": self.reference, "inputs": self.inputs,
                "tolerance": self.tolerance, "providers": []}
         for p in self.providers:
             d = {"requested": p.requested, "provider": p.provider, "ran": p.ran, "ran_on": p.ran_on,
@@ -194,7 +194,7 @@ def letterbox(path: Path, size: tuple[int, int]) -> np.ndarray:
     r = min(h / img.height, w / img.width)
     nw, nh = max(1, round(img.width * r)), max(1, round(img.height * r))
     canvas = Image.new("RGB", (w, h), (114, 114, 114))
-    canvas.paste(img.resize((nw, nh), Image.BILINEAR), ((w - nw) // 2, (h - nh) // 2))
+    canvas.paste(img.resize((nw, nh), Image.Resampling.BILINEAR), ((w - nw) // 2, (h - nh) // 2))
     return np.asarray(canvas, dtype=np.float32).transpose(2, 0, 1) / 255.0
 
 

@@ -12,7 +12,7 @@ from exporter.cli._options import load_from_cli, model_options, parity_options, 
 def _parse_shapes(value: str | None) -> list[tuple[int, ...]] | None:
     if not value:
         return None
-    shapes = []
+    shapes: list[tuple[int, ...]] = []
     for part in split_list(value):
         try:
             dims = tuple(int(d) for d in part.lower().split("x"))

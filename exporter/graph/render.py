@@ -196,8 +196,8 @@ def _screenshot(browser, svg: str, width: int | None, scale: float) -> tuple[byt
 
 
 def _render(path: Path, out: Path, fmt: str, width: int | None, scale: float, timeout: float, exe: str) -> RenderResult:
-    from exporter.io import atomic_write
     from exporter.graph.netron import serve
+    from exporter.io import atomic_write
 
     sync_playwright = _playwright()
     start = time.monotonic()

@@ -9,11 +9,9 @@ import torch
 from torch import nn
 
 
-def autopad(k: int | list[int], p: int | None = None) -> int | list[int]:
-    """'same' padding for odd kernels."""
-    if p is None:
-        p = k // 2 if isinstance(k, int) else [x // 2 for x in k]
-    return p
+def autopad(k: int, p: int | None = None) -> int:
+    """'same' padding for an odd kernel."""
+    return k // 2 if p is None else p
 
 
 class Conv(nn.Module):
@@ -148,6 +146,7 @@ class Detect(nn.Module):
     """
 
     stride: torch.Tensor | None = None
+    anchors: torch.Tensor  # (nl, na, 2) in stride units; a buffer
 
     def __init__(self, nc: int = 80, anchors: list[list[float]] | tuple = (), ch: list[int] | tuple = (), inplace: bool = True):
         super().__init__()
@@ -204,6 +203,7 @@ class Detect(nn.Module):
         """Objectness and class priors (https://arxiv.org/abs/1708.02002 section 3.3)."""
         assert self.stride is not None
         for mi, s in zip(self.m, self.stride, strict=True):
+            assert isinstance(mi, nn.Conv2d) and mi.bias is not None
             b = mi.bias.view(self.na, -1)
             b.data[:, 4] += math.log(8 / (640 / float(s)) ** 2)
             b.data[:, 5 : 5 + self.nc] += math.log(0.6 / (self.nc - 0.99999))

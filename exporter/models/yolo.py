@@ -177,6 +177,7 @@ class Model(nn.Module):
 
     def forward(self, x: torch.Tensor):
         y: list[torch.Tensor | None] = []
+        m: Any
         for m in self.model:
             if m.f != -1:
                 x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]  # type: ignore[assignment]

@@ -50,9 +50,9 @@ def _torchscript(ctx: Context) -> tuple[bytes, str]:
     f = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation and tracer warnings
-        torch.onnx.export(ctx.model, (ctx.example,), f, dynamo=False, opset_version=o.opset, training=mode,
-                          do_constant_folding=True, input_names=[INPUT_NAME], output_names=outs,
-                          dynamic_axes=dynamic_axes)
+        torch.onnx.export(ctx.model, (ctx.example,), f, dynamo=False,  # type: ignore[arg-type]
+                          opset_version=o.opset, training=mode, do_constant_folding=True,
+                          input_names=[INPUT_NAME], output_names=outs, dynamic_axes=dynamic_axes)
     return f.getvalue(), f"torchscript, {how}, opset {o.opset}"
 
 
@@ -65,17 +65,24 @@ def _dynamo(ctx: Context) -> tuple[bytes, str]:
         dim = torch.export.Dim.DYNAMIC
         axes = {0: dim} if o.dynamic == "batch" else {0: dim, 2: dim, 3: dim}
         dynamic_shapes = {"x": axes}
-    quiet = logging.getLogger("torch.onnx")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)  # "Tensor 'model.24.stride' is not one of the initializers": a constant
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        # optimize=False: the onnxscript optimizer folds BatchNorm into Conv; our tidy stage optimizes
-        # with the same passes but honours --keep-bn
-        program = torch.onnx.export(ctx.model, (ctx.example,), dynamo=True, opset_version=o.opset, optimize=False,
-                                    input_names=[INPUT_NAME], output_names=output_names(ctx),
-                                    dynamic_shapes=dynamic_shapes, verbose=False)
-    quiet.setLevel(level)
+    # torch.onnx: "Tensor 'model.24.stride' is not one of the initializers" (a constant); onnxscript: the
+    # version converter's fallback warnings and tracebacks (the checker stage reports a wrong opset)
+    quiet = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
+    levels = [q.level for q in quiet]
+    for q in quiet:
+        q.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            # optimize=False: the onnxscript optimizer folds BatchNorm into Conv; our tidy stage optimizes
+            # with the same passes but honours --keep-bn
+            program = torch.onnx.export(ctx.model, (ctx.example,), dynamo=True, opset_version=o.opset,
+                                        optimize=False, input_names=[INPUT_NAME], output_names=output_names(ctx),
+                                        dynamic_shapes=dynamic_shapes, verbose=False)
+    finally:
+        for q, level in zip(quiet, levels, strict=True):
+            q.setLevel(level)
+    assert program is not None
     proto = program.model_proto
     for node in proto.graph.node:  # drop stack traces (local file paths) and fx dumps; keep module scopes
         keep = [p for p in node.metadata_props if p.key not in ("pkg.torch.onnx.stack_trace", "pkg.torch.onnx.fx_node")]

@@ -16,9 +16,12 @@ def parity(ctx: Context) -> Context:
     o = ctx.options
     ref = reference_outputs(ctx.source.model, default_shapes(ctx.onnx), inputs=o.inputs, images=o.images,
                             training=o.training, head=o.head, seed=o.seed, device=o.device)
-    kwargs = dict(providers=o.providers, require=o.require, atol=o.atol, rtol=o.rtol, output_atol=o.output_atol)
-    report = compare_with(ctx.onnx, ref, **kwargs)
-    before = compare_with(ctx.unsimplified, ref, **kwargs) if ctx.unsimplified is not None else None
+    def run(graph: object):
+        return compare_with(graph, ref, providers=o.providers, require=o.require, atol=o.atol, rtol=o.rtol,
+                            output_atol=o.output_atol)
+
+    report = run(ctx.onnx)
+    before = run(ctx.unsimplified) if ctx.unsimplified is not None else None
     change = report.summary() if before is None else f"before simplify: {before.summary()}; after: {report.summary()}"
     return ctx.replace(parity=report, parity_unsimplified=before, change=change,
                        failure="" if report else "parity failed")

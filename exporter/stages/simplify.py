@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from exporter.pipeline import Context, op_counts
 
 
@@ -10,7 +12,7 @@ def simplify(ctx: Context) -> Context:
 
     o = ctx.options
     before = ctx.onnx
-    kwargs = {"skip_fuse_bn": o.bn_kept, "check_n": 0}  # parity is ours, before and after
+    kwargs: dict[str, Any] = {"skip_fuse_bn": o.bn_kept, "check_n": 0}  # parity is ours, before and after
     if o.dynamic:
         kwargs["test_input_shapes"] = {before.graph.input[0].name: [o.batch, 3, *o.img]}
     try:
