@@ -60,6 +60,7 @@ class ProviderParity:
     reason: str = ""  # why it did not run
     cases: list[CaseParity] = field(default_factory=list)
     required: bool = False
+    divergence: str = ""  # on failure: the first layer whose output differs, when it can be found
 
     @property
     def passed(self) -> bool | None:
@@ -103,7 +104,7 @@ class ParityReport:
                "tolerance": self.tolerance, "providers": []}
         for p in self.providers:
             d = {"requested": p.requested, "provider": p.provider, "ran": p.ran, "ran_on": p.ran_on,
-                 "reason": p.reason, "passed": p.passed, "required": p.required,
+                 "reason": p.reason, "passed": p.passed, "required": p.required, "divergence": p.divergence,
                  "outputs": [asdict(o) for o in p.worst()],
                  "cases": [{"shape": c.shape, "input": c.input, "passed": c.passed,
                             "outputs": [asdict(o) for o in c.outputs]} for c in p.cases]}
@@ -137,6 +138,8 @@ class ParityReport:
                     lines.append(f"  {p.requested:<8} {p.ran_on[0]:<22} {'x'.join(map(str, c.shape)):<18} "
                                  f"{o.name:<8} {o.max_abs:>9.2e} {o.max_rel:>9.2e} {o.mean_abs:>9.2e} "
                                  f"{o.cosine:>10.7f}  {'pass' if o.passed else 'FAIL at ' + o.worst}")
+            if p.divergence:
+                lines.append(f"  {p.requested:<8} {p.divergence}")
         lines.append(f"  => {'PASS' if self.passed else 'FAIL'}")
         return "\n".join(lines)
 
@@ -297,6 +300,7 @@ class Reference:
     outputs: list[list[np.ndarray]]
     mode: str  # 'eval' | 'train'
     description: str
+    head: str = "decode"
 
 
 def reference_outputs(model: Any, shapes: list[tuple[int, ...]], *, inputs: int = 1, images: str | None = None,
@@ -310,13 +314,14 @@ def reference_outputs(model: Any, shapes: list[tuple[int, ...]], *, inputs: int 
         outs = [_flatten(ref_model(torch.from_numpy(x).to(device))) for _, x in cases]
     desc = (f"{len(cases)} input(s) at {', '.join('x'.join(map(str, s)) for s in shapes)}"
             + (f" from {images}" if images else " (seeded synthetic images)"))
-    return Reference(cases, outs, "train" if training else "eval", desc)
+    return Reference(cases, outs, "train" if training else "eval", desc, head)
 
 
 def compare_with(onnx_model: Any, ref: Reference, *, providers: tuple[str, ...] | list[str] = ("cpu",),
                  require: tuple[str, ...] | list[str] = (), atol: float = 1e-3, rtol: float = 1e-3,
-                 output_atol: dict[str, float] | None = None) -> ParityReport:
-    """Run ``onnx_model`` on each provider for every reference input and compare."""
+                 output_atol: dict[str, float] | None = None, model: Any = None) -> ParityReport:
+    """Run ``onnx_model`` on each provider for every reference input and compare. With ``model`` (the
+    PyTorch model of ``ref``), a failing provider also names the first diverging layer."""
     import onnx
 
     data = _as_bytes(onnx_model)
@@ -347,6 +352,14 @@ def compare_with(onnx_model: Any, ref: Reference, *, providers: tuple[str, ...] 
                 compare(n, r, o, output_atol.get(n, atol), rtol)
                 for n, r, o in zip(out_names, expected, outs, strict=True)
             ]))
+        failing = next((i for i, c in enumerate(result.cases) if not c.passed), None)
+        if failing is not None and model is not None:
+            from exporter.divergence import locate
+
+            found = locate(proto, model, ref.cases[failing][1], atol=atol, rtol=rtol, provider=result.provider,
+                           training=ref.mode == "train", head=ref.head)
+            result.divergence = str(found) if found else "no single layer output differs beyond the tolerance " \
+                                                         "(or the graph has no module scopes)"
     return report
 
 
@@ -384,7 +397,7 @@ def check_parity(
     ref = reference_outputs(model, shapes or default_shapes(proto), inputs=inputs, images=images,
                             training=training, head=head, seed=seed, device=device)
     return compare_with(data, ref, providers=providers, require=require, atol=atol, rtol=rtol,
-                        output_atol=output_atol)
+                        output_atol=output_atol, model=model)
 
 
 def default_shapes(proto: Any) -> list[tuple[int, ...]]:

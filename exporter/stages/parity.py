@@ -18,7 +18,7 @@ def parity(ctx: Context) -> Context:
                             training=o.training, head=o.head, seed=o.seed, device=o.device)
     def run(graph: object):
         return compare_with(graph, ref, providers=o.providers, require=o.require, atol=o.atol, rtol=o.rtol,
-                            output_atol=o.output_atol)
+                            output_atol=o.output_atol, model=ctx.source.model)
 
     report = run(ctx.onnx)
     before = run(ctx.unsimplified) if ctx.unsimplified is not None else None

@@ -1,0 +1,54 @@
+"""A parity failure names the first layer whose output differs."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from exporter.api import export
+from exporter.divergence import layer_outputs
+from exporter.models import load_model
+from exporter.options import ExportOptions
+from exporter.parity import check_parity
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory):
+    source = load_model("yolov5n")
+    out = tmp_path_factory.mktemp("div")
+    result = export(source, out_dir=out, options=ExportOptions(img=(256, 256), check=False))[0]
+    return source, onnx.load(str(result.path))
+
+
+def _corrupt_layer(proto: onnx.ModelProto, layer: int) -> onnx.ModelProto:
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    conv = next(n for n in model.graph.node if n.name.startswith(f"/model.{layer}/") and n.op_type == "Conv")
+    w = next(i for i in model.graph.initializer if i.name == conv.input[1])
+    a = numpy_helper.to_array(w).copy()
+    a[0] *= 1.1
+    w.CopyFrom(numpy_helper.from_array(a, w.name))
+    return model
+
+
+def test_every_layer_but_detect_has_one_output_tensor(exported) -> None:
+    _, proto = exported
+    assert sorted(layer_outputs(proto)) == list(range(24))  # Detect (24) feeds graph outputs only
+
+
+@pytest.mark.parametrize("layer", [6, 13])
+def test_corrupted_layer_is_named(exported, layer: int) -> None:
+    source, proto = exported
+    report = check_parity(_corrupt_layer(proto, layer), source.model)
+    assert not report
+    cpu = report.providers[0]
+    assert cpu.divergence.startswith(f"first diverging layer: {layer} ("), cpu.divergence
+    assert "first diverging layer" in report.format()
+
+
+def test_passing_report_names_no_layer(exported) -> None:
+    source, proto = exported
+    report = check_parity(proto, source.model)
+    assert report
+    assert report.providers[0].divergence == ""
