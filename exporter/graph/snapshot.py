@@ -13,7 +13,6 @@ Content hashes are sha256 over the tensor bytes (first 16 hex digits); external 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -37,19 +36,10 @@ def snapshot(path_or_model: str | os.PathLike[str] | Any, *, io_names: bool = Tr
 
 def write_snapshot(text: str, out: str | os.PathLike[str]) -> Path:
     """Write ``text`` to ``out`` atomically (temp file in the same folder, then ``os.replace``)."""
+    from exporter.io import atomic_write
+
     p = Path(out)
     folder = p.parent if str(p.parent) else Path(".")
     if not folder.is_dir():
         raise InputError(f"{p}: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return p
+    return atomic_write(p, text)
