@@ -1,0 +1,235 @@
+"""Fixtures for the export pipeline tests.
+
+Exports are the expensive part, so each acceptance-criterion export runs once per session and several
+tests assert on its result. Built-in models are loaded once (``load_model`` calibrates BatchNorm
+statistics, which takes seconds) and shared with the CLI through :func:`shared_builtin_models`; the
+pipeline never modifies the caller's model, and ``test_training_mode_leaves_caller_model_untouched``
+proves it on a model of its own.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner, Result
+
+from exporter.cli.main import cli
+from exporter.models import load_model
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Numbers and structure, not speed: one intra-op thread is steady on a shared machine."""
+    with one_thread():
+        yield
+
+
+_LOADED: dict[tuple[str, int], Any] = {}
+
+
+def builtin(name: str, seed: int = 0) -> Any:
+    """``load_model(name, seed=seed)`` (a LoadedModel), loaded once per session."""
+    key = (name, seed)
+    if key not in _LOADED:
+        with one_thread():
+            _LOADED[key] = load_model(name, seed=seed)
+    return _LOADED[key]
+
+
+@contextmanager
+def shared_builtin_models() -> Iterator[None]:
+    """Let the CLI's ``load_model`` hand out the session's already loaded built-ins (same name, seed,
+    no --cfg/--nc); anything else loads as usual."""
+    import exporter.models as models
+    from exporter.models.zoo import builtin_path
+
+    def load(source: Any = models.DEFAULT_MODEL, *, cfg: Any = None, nc: int | None = None, seed: int = 0,
+             trust_checkpoint: bool = False) -> Any:
+        if cfg is None and nc is None and builtin_path(str(source)) is not None:
+            return builtin(str(source), seed)
+        return load_model(source, cfg=cfg, nc=nc, seed=seed, trust_checkpoint=trust_checkpoint)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(models, "load_model", load)
+        yield
+
+
+def yexport(*args: str | Path) -> Result:
+    """``yexport ARGS`` in-process (stdout and stderr apart), with shared built-in models."""
+    with shared_builtin_models(), one_thread():
+        return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture
+def run_cli() -> Callable[..., Result]:
+    return yexport
+
+
+def one_line_error(result: Result, needle: str, code: int = 2) -> str:
+    """Asserts the exit code, one ``yexport: error:`` line on stderr containing ``needle``, no traceback."""
+    assert result.exit_code == code, (result.exit_code, result.output)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("yexport: error: "), lines[0]
+    assert needle in lines[0], lines[0]
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def usage_error(result: Result, needle: str) -> str:
+    """A click usage error: exit 2, exactly one ``Error:`` line naming the problem (after click's usage
+    hint), nothing on stdout, no traceback."""
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("Error:")]
+    assert len(errors) == 1 and needle in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+    return errors[0]
+
+
+# ------------------------------------------------------------------------------------------ graphs
+
+
+def ops(model: onnx.ModelProto) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for n in model.graph.node:
+        out[n.op_type] = out.get(n.op_type, 0) + 1
+    return out
+
+
+def attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def bn_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    return [n for n in model.graph.node if n.op_type == "BatchNormalization"]
+
+
+def bn_modes(model: onnx.ModelProto) -> set[int]:
+    """The training_mode of every BatchNormalization (0 when the attribute is absent, as in ONNX)."""
+    return {int(attr(n, "training_mode", 0)) for n in bn_nodes(model)}
+
+
+def metadata(model: onnx.ModelProto) -> dict[str, str]:
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def opset(model: onnx.ModelProto) -> int | None:
+    return next((i.version for i in model.opset_import if i.domain in ("", "ai.onnx")), None)
+
+
+def input_dims(model: onnx.ModelProto) -> list[int | str]:
+    return [d.dim_param if d.HasField("dim_param") else d.dim_value
+            for d in model.graph.input[0].type.tensor_type.shape.dim]
+
+
+@dataclass
+class Exported:
+    """One written file with its manifest and the CLI result that made it."""
+
+    result: Result | None
+    path: Path
+    model: onnx.ModelProto
+    manifest: dict[str, Any]
+
+    @classmethod
+    def read(cls, path: Path, result: Result | None = None) -> Exported:
+        manifest = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+        return cls(result, path, onnx.load(str(path)), manifest)
+
+    @property
+    def ops(self) -> dict[str, int]:
+        return ops(self.model)
+
+    @property
+    def parity(self) -> dict[str, Any]:
+        return self.manifest["parity"]
+
+
+def export_cli(out: Path, *args: str | Path, name: str = "model", code: int = 0) -> Exported:
+    """``yexport export ARGS -o OUT --name NAME``; asserts the exit code and reads the written file."""
+    r = yexport("export", *args, "-o", out, "--name", name)
+    assert r.exit_code == code, r.output
+    path = out / f"{name}.onnx"
+    if code != 0 and not path.exists():
+        path = out / f"{name}.parity-failed.onnx"
+    return Exported.read(path, r)
+
+
+# ------------------------------------------------------------------- exports shared by the tests
+
+
+@pytest.fixture(scope="session")
+def s640(tmp_path_factory: pytest.TempPathFactory) -> Exported:
+    """yolov5s (v6+) at 640 with the defaults, printed as JSON."""
+    out = tmp_path_factory.mktemp("s640")
+    r = yexport("export", "yolov5s", "-o", out, "--json")
+    assert r.exit_code == 0, r.output
+    return Exported.read(out / "yolov5s.onnx", r)
+
+
+@pytest.fixture(scope="session")
+def s640_keep_bn(tmp_path_factory: pytest.TempPathFactory) -> Exported:
+    """yolov5s (v6+) at 640 with --keep-bn --simplify."""
+    return export_cli(tmp_path_factory.mktemp("s640kb"), "yolov5s", "--keep-bn", "--simplify", name="yolov5s-keep-bn")
+
+
+@pytest.fixture(scope="session")
+def n320(tmp_path_factory: pytest.TempPathFactory) -> Exported:
+    """yolov5n at 320 with the defaults: the small file the check and parity tests work on."""
+    return export_cli(tmp_path_factory.mktemp("n320"), "yolov5n", "--img", "320", name="yolov5n")
+
+
+@dataclass
+class TrainingExport:
+    exported: Exported
+    model: torch.nn.Module  # the caller's model
+    before: dict[str, torch.Tensor]  # its state_dict before the export (cloned)
+
+
+@pytest.fixture(scope="session")
+def n320_training(tmp_path_factory: pytest.TempPathFactory) -> TrainingExport:
+    """yolov5n at 320 with --training-mode, made by the library from a model of its own."""
+    from exporter.api import export
+
+    with one_thread():
+        loaded = load_model("yolov5n")
+        before = {k: v.detach().clone() for k, v in loaded.model.state_dict().items()}
+        out = tmp_path_factory.mktemp("train")
+        (res,) = export(loaded, out_dir=out, name="yolov5n-train", training=True, img=(320, 320))
+    assert res.ok, res.failures
+    return TrainingExport(Exported.read(res.path), loaded.model, before)
+
+
+def check_written(e: Exported) -> None:
+    """What every written file promises: onnx.checker passes, the manifest names the file by its sha256."""
+    import hashlib
+
+    onnx.checker.check_model(str(e.path), full_check=True)
+    data = e.path.read_bytes()
+    assert e.manifest["sha256"] == hashlib.sha256(data).hexdigest()
+    assert e.manifest["bytes"] == len(data)
+    assert e.manifest["file"] == e.path.name
+    assert opset(e.model) == e.manifest["opset"] == e.manifest["options"]["opset"]
+    assert not list(e.path.parent.glob(".*.tmp")), "temporary files left behind"
