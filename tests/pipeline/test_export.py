@@ -1,0 +1,248 @@
+"""What `yexport export` writes: BatchNorm kept or fused, training mode, int shapes, dynamic axes, the
+variants table, and the manifest and metadata every file carries."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from copy import deepcopy
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from exporter import __version__
+from exporter.models.zoo import builtin_path
+from exporter.options import ExportOptions
+from exporter.stages import enabled_stages
+from tests.pipeline.conftest import (
+    Exported,
+    TrainingExport,
+    bn_modes,
+    bn_nodes,
+    builtin,
+    check_written,
+    input_dims,
+    metadata,
+    ops,
+    yexport,
+)
+
+
+def n_batchnorm2d(model: nn.Module) -> int:
+    return sum(1 for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+
+
+def parity_shapes(e: Exported) -> list[list[int]]:
+    (cpu,) = e.parity["providers"]
+    assert cpu["requested"] == "cpu" and cpu["ran"] is True
+    return [c["shape"] for c in cpu["cases"]]
+
+
+def all_cases_pass(e: Exported) -> None:
+    assert e.parity["passed"] is True
+    for c in e.parity["providers"][0]["cases"]:
+        assert c["passed"] is True, c
+        for o in c["outputs"]:
+            assert math.isfinite(o["max_abs"]) and math.isfinite(o["max_rel"])
+            assert o["passed"] is True
+
+
+# ----------------------------------------------------------------------- yolov5s (v6+) at 640
+
+
+def test_default_export_fuses_every_batchnorm(s640: Exported) -> None:
+    check_written(s640)
+    assert n_batchnorm2d(builtin("yolov5s").model) == 57  # there was something to fuse
+    assert s640.ops.get("BatchNormalization", 0) == 0
+    assert s640.manifest["options"]["keep_bn"] is False
+    all_cases_pass(s640)
+    assert parity_shapes(s640) == [[1, 3, 640, 640]]
+    assert s640.parity["reference"] == "eval"
+
+
+def test_keep_bn_simplify_keeps_57_batchnorms_in_eval_mode(s640_keep_bn: Exported) -> None:
+    e = s640_keep_bn
+    check_written(e)
+    assert len(bn_nodes(e.model)) == 57 == n_batchnorm2d(builtin("yolov5s").model)
+    assert bn_modes(e.model) == {0}
+    assert e.ops.get("Identity", 0) == 0
+    # every BatchNormalization reads its statistics straight from initializers
+    inits = {i.name for i in e.model.graph.initializer}
+    assert all(set(n.input[1:]) <= inits for n in bn_nodes(e.model))
+    all_cases_pass(e)
+    before = e.manifest["parity_before_simplify"]
+    assert before is not None and before["passed"] is True
+    stages = {s["name"]: s for s in e.manifest["stages"]}
+    assert stages["simplify"]["ok"] is True and stages["simplify"]["error"] == ""
+    assert e.manifest["options"]["keep_bn"] is True and e.manifest["options"]["simplify"] is True
+
+
+def test_v5_keep_bn_keeps_59_batchnorms(tmp_path: Path) -> None:
+    r = yexport("export", "yolov5s-v5.0", "--keep-bn", "--img", "320", "-o", tmp_path)
+    assert r.exit_code == 0, r.output
+    e = Exported.read(tmp_path / "yolov5s-v5.0.onnx", r)
+    check_written(e)
+    assert len(bn_nodes(e.model)) == 59 == n_batchnorm2d(builtin("yolov5s-v5.0").model)
+    assert bn_modes(e.model) == {0} and e.ops.get("Identity", 0) == 0
+    all_cases_pass(e)
+    assert re.search(r"yolov5s-v5\.0\.onnx\s+\d+\s+59\s", r.stdout), r.stdout
+
+
+def test_manifest(s640: Exported) -> None:
+    m = s640.manifest
+    # the CLI's --json is the manifest
+    assert s640.result is not None and json.loads(s640.result.stdout) == [m]
+    src = m["model"]
+    assert (src["name"], src["source"], src["kind"]) == ("yolov5s", "yolov5s", "builtin")
+    config = builtin_path("yolov5s")
+    assert config is not None and src["sha256"] == hashlib.sha256(config.read_bytes()).hexdigest()
+    assert src["weights"] == "synthetic (seed 0)"
+    assert m["options"] == ExportOptions().describe()
+    want = [s.name for s in enabled_stages(ExportOptions())] + ["write"]
+    assert [s["name"] for s in m["stages"]] == want
+    for rec in m["stages"]:
+        assert set(rec) >= {"name", "seconds", "nodes_before", "nodes_after", "changed", "ok"}
+        assert rec["ok"] is True and rec["seconds"] >= 0 and rec["changed"]
+    stages = {s["name"]: s for s in m["stages"]}
+    assert stages["prepare"]["nodes_before"] is None and stages["capture"]["nodes_before"] is None
+    assert stages["capture"]["nodes_after"] == stages["tidy"]["nodes_before"] > stages["tidy"]["nodes_after"]
+    assert stages["parity"]["nodes_after"] == m["nodes"] == len(s640.model.graph.node)
+    assert "fused 57 Conv+BN pairs" in stages["prepare"]["changed"]
+    assert {"yexport", "python", "torch", "onnx", "onnxsim", "onnxscript"} <= set(m["versions"])
+    assert torch.__version__.startswith(m["versions"]["torch"])
+    assert "onnxruntime" in m["versions"] or "onnxruntime-gpu" in m["versions"]
+    assert m["opset"] == 18
+    assert m["ops"] == dict(sorted(s640.ops.items()))
+    assert m["parity"]["providers"][0]["outputs"][0]["name"] == "output0"
+
+
+def test_metadata_props(s640: Exported) -> None:
+    meta = metadata(s640.model)
+    model = builtin("yolov5s").model
+    assert meta["yexport.stride"] == "8,16,32"
+    names = json.loads(meta["yexport.names"])
+    assert len(names) == 80 and names == list(model.names.values() if isinstance(model.names, dict) else model.names)
+    assert meta["yexport.stages"] == ",".join(s.name for s in enabled_stages(ExportOptions()))
+    assert meta["yexport.version"] == __version__
+    assert (meta["yexport.training"], meta["yexport.keep_bn"], meta["yexport.img"]) == ("0", "0", "640,640")
+    assert json.loads(meta["yexport.options"])["opset"] == 18
+    assert s640.model.producer_name == "yexport"
+
+
+def test_keep_bn_metadata(s640_keep_bn: Exported) -> None:
+    meta = metadata(s640_keep_bn.model)
+    assert meta["yexport.keep_bn"] == "1"
+    assert meta["yexport.stages"].split(",") == ["prepare", "capture", "tidy", "infer_shapes", "simplify",
+                                                  "metadata", "checker", "parity"]
+
+
+# ---------------------------------------------------------------------------------- training mode
+
+
+def test_training_mode_batchnorm_uses_batch_statistics(n320_training: TrainingExport) -> None:
+    e = n320_training.exported
+    check_written(e)
+    assert len(bn_nodes(e.model)) == 57
+    assert bn_modes(e.model) == {1}
+    all_cases_pass(e)
+    assert e.parity["reference"] == "train"
+    assert metadata(e.model)["yexport.training"] == "1"
+    assert any("training mode" in n for n in e.manifest["notes"])
+
+
+def test_training_mode_leaves_caller_model_untouched(n320_training: TrainingExport) -> None:
+    after = n320_training.model.state_dict()
+    before = n320_training.before
+    assert list(after) == list(before)
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed == []
+    assert any(k.endswith("num_batches_tracked") for k in before)
+    assert not n320_training.model.training  # still in eval mode
+
+
+def test_a_train_mode_forward_would_have_changed_the_statistics(n320_training: TrainingExport) -> None:
+    """What the previous test guards against: the same forward on the caller's model mutates it."""
+    from exporter.models.weights import synthetic_images
+
+    model = deepcopy(n320_training.model).train()
+    with torch.no_grad():
+        model(synthetic_images(1, (320, 320), 0))
+    after = model.state_dict()
+    changed = [k for k, v in n320_training.before.items() if not torch.equal(v, after[k])]
+    assert any(k.endswith("running_mean") for k in changed)
+    assert any(k.endswith("num_batches_tracked") for k in changed)
+
+
+# --------------------------------------------------------------- variants: int shapes, dynamic axes
+
+
+VARIANTS = "fused,keep-bn,int-shapes,dynamic,dynamic+int-shapes,dynamic-all"
+
+
+@pytest.fixture(scope="module")
+def variants(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Exported]]:
+    out = tmp_path_factory.mktemp("variants")
+    r = yexport("export", "yolov5n", "--img", "256", "--variants", VARIANTS, "-o", out)
+    assert r.exit_code == 0, r.output
+    return r.stdout, {v: Exported.read(out / f"yolov5n-{v}.onnx") for v in VARIANTS.split(",")}
+
+
+def test_variants_summary_table(variants: tuple[str, dict[str, Exported]]) -> None:
+    stdout, files = variants
+    lines = stdout.splitlines()
+    assert lines[0].split() == ["file", "nodes", "BatchNorm", "Shape+Gather", "size", "parity", "seconds"]
+    assert set(lines[1]) <= {"-", " "}
+    rows = lines[2:2 + len(files)]
+    assert [row.split()[0] for row in rows] == [f"yolov5n-{v}.onnx" for v in files]
+    assert sum(1 for ln in lines if ln.startswith("file ")) == 1  # one table for all variants
+    for row, e in zip(rows, files.values(), strict=True):
+        check_written(e)
+        cells = row.split()
+        assert int(cells[1]) == len(e.model.graph.node)
+        assert int(cells[2]) == e.ops.get("BatchNormalization", 0)
+        assert int(cells[3]) == e.ops.get("Shape", 0) + e.ops.get("Gather", 0)
+        assert "cpu: pass (max abs" in row
+        assert re.search(r"\d+(\.\d)? (kB|MB)", row)
+    assert files["keep-bn"].ops["BatchNormalization"] == 57 and files["fused"].ops.get("BatchNormalization", 0) == 0
+
+
+def test_int_shapes_static_has_no_shape_or_gather(variants: tuple[str, dict[str, Exported]]) -> None:
+    e = variants[1]["int-shapes"]
+    assert e.ops.get("Shape", 0) == 0 and e.ops.get("Gather", 0) == 0
+    all_cases_pass(e)
+    assert any("int shapes" in n for n in e.manifest["notes"])
+
+
+def test_dynamic_batch_int_shapes(variants: tuple[str, dict[str, Exported]]) -> None:
+    files = variants[1]
+    e = files["dynamic+int-shapes"]
+    assert input_dims(e.model) == ["batch", 3, 256, 256]
+    assert [d.dim_param for d in e.model.graph.output[0].type.tensor_type.shape.dim][:1] == ["batch"]
+    assert parity_shapes(e) == [[1, 3, 256, 256], [2, 3, 256, 256], [4, 3, 256, 256]]
+    all_cases_pass(e)
+    assert e.ops.get("Shape", 0) + e.ops.get("Gather", 0) == 0
+    # without --int-shapes, the dynamic batch brings the Shape -> Gather chains (what --int-shapes removes)
+    plain = files["dynamic"]
+    assert plain.ops.get("Shape", 0) > 0 and plain.ops.get("Gather", 0) > 0
+    assert parity_shapes(plain) == parity_shapes(e)
+    all_cases_pass(plain)
+
+
+def test_dynamic_all_passes_at_three_image_sizes(variants: tuple[str, dict[str, Exported]]) -> None:
+    e = variants[1]["dynamic-all"]
+    assert input_dims(e.model) == ["batch", 3, "height", "width"]
+    shapes = parity_shapes(e)
+    assert len({(s[2], s[3]) for s in shapes}) == 3, shapes
+    assert all(s[2] % 32 == 0 and s[3] % 32 == 0 for s in shapes)
+    all_cases_pass(e)
+    outputs = [c["outputs"][0]["shape"] for c in e.parity["providers"][0]["cases"]]
+    assert len({o[1] for o in outputs}) == 3  # a different number of boxes at each size
+
+
+def test_static_graph_dims_are_fixed(n320: Exported) -> None:
+    assert input_dims(n320.model) == [1, 3, 320, 320]
+    assert ops(n320.model).get("Shape", 0) == 0
