@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
+import sys
 import warnings
+from collections.abc import Iterator
 from functools import cache
 
 from exporter.pipeline import Context
@@ -28,6 +31,26 @@ def output_names(ctx: Context) -> list[str]:
     return ["output0"]
 
 
+@contextlib.contextmanager
+def _native_stdout_discarded() -> Iterator[None]:
+    """Discard what native code writes to file descriptor 1. The TorchScript exporter always turns its
+    C++ ONNX log on, which prints the whole IR graph there when an export fails; the error itself is
+    raised and reported in one line."""
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError):  # no usable descriptor 1
+        yield
+        return
+    with open(os.devnull, "wb") as sink:
+        os.dup2(sink.fileno(), 1)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
 def _torchscript(ctx: Context) -> tuple[bytes, str]:
     import torch
 
@@ -48,7 +71,7 @@ def _torchscript(ctx: Context) -> tuple[bytes, str]:
             dynamic_axes.update({n: {0: "batch", 1: "anchors"} for n in outs} if o.head == "decode" else
                                 {n: {0: "batch", 2: "ny", 3: "nx"} for n in outs})
     f = io.BytesIO()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _native_stdout_discarded():
         warnings.simplefilter("ignore")  # the exporter's deprecation and tracer warnings
         torch.onnx.export(ctx.model, (ctx.example,), f, dynamo=False,  # type: ignore[arg-type]
                           opset_version=o.opset, training=mode, do_constant_folding=True,

@@ -176,3 +176,16 @@ def test_opset_17_gives_exactly_17(tmp_path: Path) -> None:
     assert opset(e.model) == 17 and e.manifest["opset"] == 17
     assert "opset 17" in next(s for s in e.manifest["stages"] if s["name"] == "capture")["changed"]
     assert e.parity["passed"] is True
+
+
+def test_capture_failure_prints_only_the_error(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """TorchScript cannot export this graph at opset 7 (nearest upsampling with a computed size): one
+    line naming the stage and the operator, and nothing else on the terminal (torch's exporter would
+    print its whole IR graph on file descriptor 1)."""
+    r = yexport("export", "yolov5n", "--img", "256", "--opset", "7", "-o", tmp_path)
+    line = one_line_error(r, "stage 'capture' failed after: prepare: ", code=1)
+    assert "upsample_nearest2d" in line
+    assert r.stdout == ""
+    native = capfd.readouterr()
+    assert native.out == "" and native.err == ""
+    assert not list(tmp_path.glob("*.onnx"))
