@@ -232,4 +232,9 @@ def check_written(e: Exported) -> None:
     assert e.manifest["bytes"] == len(data)
     assert e.manifest["file"] == e.path.name
     assert opset(e.model) == e.manifest["opset"] == e.manifest["options"]["opset"]
+    assert {"model", "options", "stages", "versions", "parity"} <= set(e.manifest)
+    assert e.manifest["model"]["sha256"] and e.manifest["versions"]["torch"]
+    meta = metadata(e.model)
+    assert {"yexport.stride", "yexport.names", "yexport.stages", "yexport.version"} <= set(meta)
+    assert meta["yexport.stages"].split(",") == [s["name"] for s in e.manifest["stages"] if s["name"] != "write"]
     assert not list(e.path.parent.glob(".*.tmp")), "temporary files left behind"

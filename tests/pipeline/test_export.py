@@ -244,5 +244,6 @@ def test_dynamic_all_passes_at_three_image_sizes(variants: tuple[str, dict[str, 
 
 
 def test_static_graph_dims_are_fixed(n320: Exported) -> None:
+    check_written(n320)
     assert input_dims(n320.model) == [1, 3, 320, 320]
     assert ops(n320.model).get("Shape", 0) == 0

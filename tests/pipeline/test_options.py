@@ -12,7 +12,7 @@ import pytest
 
 from exporter.errors import ConfigError
 from exporter.options import VARIANTS, ExportOptions, variant_options
-from tests.pipeline.conftest import Exported, one_line_error, usage_error, yexport
+from tests.pipeline.conftest import Exported, check_written, one_line_error, usage_error, yexport
 
 
 def test_defaults_are_the_documented_ones() -> None:
@@ -121,6 +121,7 @@ def test_config_sets_defaults_and_command_line_wins(tmp_path: Path) -> None:
     r = yexport("export", "yolov5n", "--config", cfg, "--img", "256", "-o", out)
     assert r.exit_code == 0, r.output
     e = Exported.read(out / "from-config.onnx", r)
+    check_written(e)
     o = e.manifest["options"]
     assert o["img"] == [256, 256]  # the command line wins
     assert o["keep_bn"] is True and o["opset"] == 17  # from the config
