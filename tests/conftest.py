@@ -28,6 +28,14 @@ def cuda_unusable_reason() -> str | None:
     return None
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # The tests check numbers and structure, not speed. One intra-op thread keeps them steady: at test
+    # sizes more threads gain little, and spinning OpenMP workers on a busy 2-core machine cost a lot.
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     gpu_reason = None
     browser_reason = None if shutil.which("chromium") else "Debian's chromium is not installed (make install-browser)"

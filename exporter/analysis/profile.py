@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from exporter.analysis.summary import shapes_of
 from exporter.errors import ConfigError
 
 DEFAULT_RUNS = 3
@@ -100,14 +101,6 @@ def _yaml_layers(model: nn.Module) -> list[Any]:
                 m.i, m.f, m.type = i, -1, type(m).__name__  # type: ignore[assignment]
         return list(model)
     raise ConfigError(f"profile needs a YOLOv5 model or an nn.Sequential, not {type(model).__name__}")
-
-
-def _shape(x: Any) -> Any:
-    if isinstance(x, torch.Tensor):
-        return list(x.shape)
-    if isinstance(x, (list, tuple)):
-        return [_shape(t) for t in x]
-    return None
 
 
 def _tensors(y: Any) -> list[torch.Tensor]:
@@ -211,7 +204,7 @@ def profile_model(
         rows.append(LayerProfile(
             index=int(m.i), source=m.f, module=str(m.type), params=sum(p.numel() for p in m.parameters()),
             gflops=flops[k] / 1e9, forward_ms=forward_ms, backward_ms=backward_ms,
-            input_shape=_shape(inp), output_shape=_shape(out),
+            input_shape=shapes_of(inp), output_shape=shapes_of(out),
         ))
     if progress:
         progress(total, total, "done")

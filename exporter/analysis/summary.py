@@ -21,11 +21,12 @@ def count_flops(model: nn.Module, shape: tuple[int, ...]) -> int:
     return int(fc.get_total_flops())
 
 
-def _shape(x: Any) -> Any:
+def shapes_of(x: Any) -> Any:
+    """Shapes of a tensor or a nested list/tuple of tensors, as lists."""
     if isinstance(x, torch.Tensor):
         return list(x.shape)
     if isinstance(x, (list, tuple)):
-        return [_shape(t) for t in x]
+        return [shapes_of(t) for t in x]
     return None
 
 
@@ -77,8 +78,8 @@ def summarize(model: nn.Module, img: tuple[int, int] = (640, 640), exact: bool =
             y = model(torch.zeros((1, 3, *img), device=p.device, dtype=p.dtype))
         out["gflops_exact"] = round(fc.get_total_flops() / 1e9, 3)
         if isinstance(y, tuple) and len(y) == 2:
-            out["outputs"] = {"decoded": _shape(y[0]), "raw": _shape(y[1])}
+            out["outputs"] = {"decoded": shapes_of(y[0]), "raw": shapes_of(y[1])}
         else:
-            out["outputs"] = _shape(y)
+            out["outputs"] = shapes_of(y)
     out["layer_rows"] = layer_rows(model)
     return out

@@ -3,8 +3,7 @@ block built in code, a CLI runner, and the bad MODEL arguments every command mus
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,45 +14,19 @@ from torch import nn
 from exporter.cli.main import cli
 
 
-@contextmanager
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="session")
-def single_thread() -> Callable[[], AbstractContextManager[None]]:
-    """For module- and session-scoped fixtures, which are set up before ``one_torch_thread``."""
-    return one_thread
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """These tests check numbers and structure, not speed: one intra-op thread keeps them quick and steady
-    on a shared machine (busy-waiting thread pools slow down badly under load)."""
-    with one_thread():
-        yield
-
-
 @pytest.fixture(scope="session")
 def yolov5s() -> nn.Module:
     """yolov5s with realistic (calibrated, seeded) BatchNorm statistics, as ``load_model`` gives it."""
     from exporter.models import load_model
 
-    with one_thread():
-        return load_model("yolov5s").model
+    return load_model("yolov5s").model
 
 
 @pytest.fixture(scope="session")
 def yolov5n() -> nn.Module:
     from exporter.models import load_model
 
-    with one_thread():
-        return load_model("yolov5n").model
+    return load_model("yolov5n").model
 
 
 class BasicBlock(nn.Module):

@@ -140,7 +140,7 @@ def test_cli_save_needs_pruning(invoke, one_line_error, tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def saved_pruned(tmp_path_factory: pytest.TempPathFactory, single_thread) -> tuple[Path, dict]:
+def saved_pruned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """yolov5n pruned 40% by ``yexport prune-report --l1-unstructured 0.4 --save``: (file, its JSON report)."""
     pytest.importorskip("exporter.models.checkpoint", reason="checkpoint saving is not available")
     from click.testing import CliRunner
@@ -148,9 +148,8 @@ def saved_pruned(tmp_path_factory: pytest.TempPathFactory, single_thread) -> tup
     from exporter.cli.main import cli
 
     out = tmp_path_factory.mktemp("pruned") / "pruned.pt"
-    with single_thread():
-        r = CliRunner().invoke(cli, ["prune-report", "yolov5n", "--l1-unstructured", "0.4", "--save", str(out),
-                                     "--json"], catch_exceptions=False)
+    r = CliRunner().invoke(cli, ["prune-report", "yolov5n", "--l1-unstructured", "0.4", "--save", str(out),
+                                 "--json"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     return out, json.loads(r.stdout)["l1_unstructured"]
 

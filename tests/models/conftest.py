@@ -89,16 +89,6 @@ def write_official(model: Model, path: Path, generation: str = "v6+", *, ema: Mo
     return path
 
 
-@pytest.fixture(scope="package", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Run these tests on one intra-op thread: at test sizes the models gain little from more, and
-    OpenMP workers that spin on a shared machine make them many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
 def yolov5_official() -> types.SimpleNamespace:
     """``.write(model, path, generation="v6+", ema=None)`` writes an official-layout checkpoint;

@@ -24,24 +24,6 @@ from click.testing import CliRunner, Result
 from exporter.cli.main import cli
 from exporter.models import load_model
 
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Numbers and structure, not speed: one intra-op thread is steady on a shared machine."""
-    with one_thread():
-        yield
-
-
 _LOADED: dict[tuple[str, int], Any] = {}
 
 
@@ -49,8 +31,7 @@ def builtin(name: str, seed: int = 0) -> Any:
     """``load_model(name, seed=seed)`` (a LoadedModel), loaded once per session."""
     key = (name, seed)
     if key not in _LOADED:
-        with one_thread():
-            _LOADED[key] = load_model(name, seed=seed)
+        _LOADED[key] = load_model(name, seed=seed)
     return _LOADED[key]
 
 
@@ -74,7 +55,7 @@ def shared_builtin_models() -> Iterator[None]:
 
 def yexport(*args: str | Path) -> Result:
     """``yexport ARGS`` in-process (stdout and stderr apart), with shared built-in models."""
-    with shared_builtin_models(), one_thread():
+    with shared_builtin_models():
         return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
@@ -213,11 +194,10 @@ def n320_training(tmp_path_factory: pytest.TempPathFactory) -> TrainingExport:
     """yolov5n at 320 with --training-mode, made by the library from a model of its own."""
     from exporter.api import export
 
-    with one_thread():
-        loaded = load_model("yolov5n")
-        before = {k: v.detach().clone() for k, v in loaded.model.state_dict().items()}
-        out = tmp_path_factory.mktemp("train")
-        (res,) = export(loaded, out_dir=out, name="yolov5n-train", training=True, img=(320, 320))
+    loaded = load_model("yolov5n")
+    before = {k: v.detach().clone() for k, v in loaded.model.state_dict().items()}
+    out = tmp_path_factory.mktemp("train")
+    (res,) = export(loaded, out_dir=out, name="yolov5n-train", training=True, img=(320, 320))
     assert res.ok, res.failures
     return TrainingExport(Exported.read(res.path), loaded.model, before)
 
