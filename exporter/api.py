@@ -115,7 +115,9 @@ def export(
     """
     from exporter.models import LoadedModel, load_model
 
-    opts = (options or ExportOptions()).replace(**option_changes) if option_changes else (options or ExportOptions())
+    opts = options or ExportOptions()
+    if option_changes:
+        opts = opts.replace(**option_changes)
     if isinstance(model, LoadedModel):
         source = model
     elif hasattr(model, "forward") and hasattr(model, "parameters"):
