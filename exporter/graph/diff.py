@@ -584,9 +584,23 @@ def _compare_model(ga: CanonGraph, gb: CanonGraph, res: DiffResult, with_metadat
         for key in sorted(set(ga.metadata) | set(gb.metadata)):
             va, vb = ga.metadata.get(key), gb.metadata.get(key)
             if va != vb:
-                res.metadata.append({"field": key, "a": va, "b": vb})
+                res.metadata.extend(_metadata_changes(key, va, vb))
         if ga.producer and gb.producer and ga.producer != gb.producer:
             res.metadata.append({"field": "producer", "a": ga.producer, "b": gb.producer})
+
+
+def _metadata_changes(key: str, va: str | None, vb: str | None) -> list[dict[str, Any]]:
+    """One change per metadata key, or per changed field when both values are JSON objects
+    (e.g. ``yexport.options: keep_bn false -> true`` rather than two long JSON texts)."""
+    try:
+        ja, jb = json.loads(va or ""), json.loads(vb or "")
+    except ValueError:
+        ja = jb = None
+    if not (isinstance(ja, dict) and isinstance(jb, dict)):
+        return [{"field": key, "a": va, "b": vb}]
+    return [{"field": f"{key}.{k}", "a": json.dumps(ja.get(k)) if k in ja else None,
+             "b": json.dumps(jb.get(k)) if k in jb else None}
+            for k in sorted(set(ja) | set(jb)) if ja.get(k) != jb.get(k) or (k in ja) != (k in jb)]
 
 
 def _match_nodes(sa: _Side, sb: _Side, ignore_values: bool, notes: list[str]) -> list[tuple[int, int]]:

@@ -260,3 +260,29 @@ def test_alignment_of_far_apart_sequences_uses_anchors() -> None:
     assert len(pairs) == len(b) - 10
     assert all(a[i] == b[j] for i, j in pairs)
     assert all(i1 < i2 and j1 < j2 for (i1, j1), (i2, j2) in zip(pairs, pairs[1:], strict=False))
+
+
+def test_json_metadata_changes_are_reported_per_field(tmp_path) -> None:
+    import json
+
+    from onnx import TensorProto, helper
+
+    from exporter.graph.diff import diff
+
+    def model(options: dict):
+        graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        m.metadata_props.add(key="tool.options", value=json.dumps(options))
+        m.metadata_props.add(key="tool.note", value="plain text")
+        return m
+
+    a = model({"keep_bn": False, "opset": 18, "img": [640, 640]})
+    b = model({"keep_bn": True, "opset": 18, "img": [640, 640], "simplify": True})
+    result = diff(a, b)
+    assert not result and not result.structural
+    assert result.metadata == [
+        {"field": "tool.options.keep_bn", "a": "false", "b": "true"},
+        {"field": "tool.options.simplify", "a": None, "b": "true"},
+    ]
