@@ -148,3 +148,9 @@ def test_config_errors(tmp_path: Path, text: str, needle: str) -> None:
     line = one_line_error(yexport("export", "yolov5n", "--config", cfg, "-o", tmp_path / "out"), needle)
     assert str(cfg) in line
     assert not (tmp_path / "out").exists()
+
+
+def test_img_must_be_a_multiple_of_the_models_largest_stride(tmp_path: Path) -> None:
+    r = yexport("export", "yolov5n6", "--img", "672", "-o", tmp_path)
+    one_line_error(r, "largest stride is 64")
+    assert not list(tmp_path.glob("*.onnx"))
