@@ -60,12 +60,12 @@ class StageRecord:
 @dataclass(frozen=True)
 class Stage:
     """A named step. ``run`` takes and returns a :class:`Context`; ``when`` decides from the options
-    whether it runs; ``numerics`` says what it does to the numbers (for the manifest)."""
+    whether it runs; ``numerics`` says what it does to the numbers with those options (for the manifest)."""
 
     name: str
     run: Callable[[Context], Context]
     when: Callable[[ExportOptions], bool] = field(default=lambda o: True)
-    numerics: str = "none"
+    numerics: Callable[[ExportOptions], str] = field(default=lambda o: "none")
 
 
 def op_counts(model: Any) -> Counter[str]:
@@ -89,7 +89,7 @@ def run_pipeline(ctx: Context, stages: Sequence[Stage]) -> Context:
         seconds = time.perf_counter() - t0
         after = len(new.onnx.graph.node) if new.onnx is not None else None
         record = StageRecord(stage.name, not new.failure, round(seconds, 4), before, after,
-                             new.change, stage.numerics, new.failure)
+                             new.change, stage.numerics(ctx.options), new.failure)
         ctx = new.replace(records=(*ctx.records, record), change="", failure="")
         done.append(stage.name)
     return ctx

@@ -14,17 +14,18 @@ from exporter.stages.simplify import simplify
 from exporter.stages.tidy import tidy
 
 STAGES: tuple[Stage, ...] = (
-    Stage("prepare", prepare, numerics="Conv+BN fusion reorders fp32 arithmetic (~1e-7 relative per layer); "
-          "none with --keep-bn"),
-    Stage("capture", capture, numerics="none in eval mode; --training-mode normalises with batch statistics"),
-    Stage("tidy", tidy, lambda o: o.tidy, numerics="constant folding in fp32 (grids, scalings); BatchNorm kept "
-          "with --keep-bn"),
-    Stage("infer_shapes", infer_shapes, lambda o: o.infer_shapes, numerics="none (annotations only)"),
-    Stage("simplify", simplify, lambda o: o.simplify, numerics="onnxsim constant folding; BatchNorm folding "
-          "skipped with --keep-bn; checked by parity before and after"),
-    Stage("metadata", metadata, numerics="none"),
-    Stage("checker", checker, numerics="none"),
-    Stage("parity", parity, lambda o: o.check, numerics="none (measures)"),
+    Stage("prepare", prepare, numerics=lambda o: "Conv+BN folded into the convs: fp32 reassociation, ~1e-7 "
+          "relative per layer" if o.fuse_bn else "none (BatchNorm kept)"),
+    Stage("capture", capture, numerics=lambda o: "BatchNorm normalises with batch statistics: outputs depend on "
+          "the whole batch" if o.training else "none (eval mode)"),
+    Stage("tidy", tidy, lambda o: o.tidy, numerics=lambda o: "constants folded in fp32 (grids, scalings)"
+          + ("; BatchNorm kept" if o.bn_kept else "")),
+    Stage("infer_shapes", infer_shapes, lambda o: o.infer_shapes, numerics=lambda o: "none (annotations only)"),
+    Stage("simplify", simplify, lambda o: o.simplify, numerics=lambda o: "onnxsim constant folding"
+          + ("; BatchNorm folding skipped" if o.bn_kept else "") + "; checked by parity before and after"),
+    Stage("metadata", metadata),
+    Stage("checker", checker),
+    Stage("parity", parity, lambda o: o.check, numerics=lambda o: "none (measures)"),
 )
 
 

@@ -39,14 +39,14 @@ def test_records_in_order_and_skipped_stages_left_out() -> None:
     stages = (
         Stage("a", add(3)),
         Stage("skipped", boom, when=lambda o: o.simplify),  # simplify is off: never runs
-        Stage("b", add(5), numerics="made up"),
+        Stage("b", add(5), numerics=lambda o: f"made up for opset {o.opset}"),
         Stage("c", lambda ctx: ctx.replace(failure="soft failure, kept going")),
     )
     ctx = run_pipeline(Context(options=ExportOptions(), source=None), stages)
     assert [r.name for r in ctx.records] == ["a", "b", "c"]
     a, b, c = ctx.records
     assert (a.nodes_before, a.nodes_after, a.changed, a.ok) == (None, 3, "3 nodes", True)
-    assert (b.nodes_before, b.nodes_after, b.numerics) == (3, 5, "made up")
+    assert (b.nodes_before, b.nodes_after, b.numerics) == (3, 5, "made up for opset 18")
     assert (c.ok, c.error, c.nodes_before, c.nodes_after) == (False, "soft failure, kept going", 5, 5)
     assert all(isinstance(r, StageRecord) and r.seconds >= 0 for r in ctx.records)
     assert ctx.change == "" and ctx.failure == ""  # moved into the records
@@ -189,3 +189,13 @@ def test_capture_failure_prints_only_the_error(tmp_path: Path, capfd: pytest.Cap
     native = capfd.readouterr()
     assert native.out == "" and native.err == ""
     assert not list(tmp_path.glob("*.onnx"))
+
+
+def test_numerics_describe_what_the_options_did() -> None:
+    from exporter.stages import STAGES
+
+    prepare = next(s for s in STAGES if s.name == "prepare")
+    assert "folded" in prepare.numerics(ExportOptions())
+    assert prepare.numerics(ExportOptions(keep_bn=True)) == "none (BatchNorm kept)"
+    capture = next(s for s in STAGES if s.name == "capture")
+    assert "batch statistics" in capture.numerics(ExportOptions(training=True))
