@@ -898,30 +898,34 @@ def render_snapshot(g: CanonGraph, *, io_names: bool = True, metadata: bool = Tr
     return "\n".join(lines) + "\n"
 
 
-def split_top(s: str, sep: str) -> list[str]:
-    """Split on ``sep`` outside brackets and quotes."""
-    out, depth, start, i, q = [], 0, 0, 0, False
-    n, ls = len(s), len(sep)
-    while i < n:
+def _unquoted(s: str, start: int = 0) -> Iterator[tuple[int, str, int]]:
+    """``(index, char, bracket depth after it)`` for each character of ``s`` outside double quotes."""
+    depth, quoted, i = 0, False, start
+    while i < len(s):
         c = s[i]
-        if q:
+        if quoted:
             if c == "\\":
                 i += 2
                 continue
-            if c == '"':
-                q = False
+            quoted = c != '"'
         elif c == '"':
-            q = True
-        elif c in "[(<{":
-            depth += 1
-        elif c in "])>}":
-            depth -= 1
-        elif depth == 0 and s.startswith(sep, i):
-            out.append(s[start:i])
-            i += ls
-            start = i
-            continue
+            quoted = True
+        else:
+            if c in "[(<{":
+                depth += 1
+            elif c in "])>}":
+                depth -= 1
+            yield i, c, depth
         i += 1
+
+
+def split_top(s: str, sep: str) -> list[str]:
+    """Split on ``sep`` outside brackets and quotes."""
+    out, start = [], 0
+    for i, c, depth in _unquoted(s):
+        if i >= start and depth == 0 and c not in "])>}" and s.startswith(sep, i):
+            out.append(s[start:i])
+            start = i + len(sep)
     out.append(s[start:])
     return out
 
@@ -942,26 +946,9 @@ def parse_node_line(line: str, index: int) -> CNode:
     if k <= 0:
         raise ValueError("expected 'Op(' after '='")
     op = rest[:k]
-    # find the matching ')'
-    depth, q, i = 0, False, k
-    while i < len(rest):
-        c = rest[i]
-        if q:
-            if c == "\\":
-                i += 2
-                continue
-            if c == '"':
-                q = False
-        elif c == '"':
-            q = True
-        elif c in "[(<{":
-            depth += 1
-        elif c in "])>}":
-            depth -= 1
-            if depth == 0:
-                break
-        i += 1
-    if depth != 0:
+    # the ')' that closes the '(' at k
+    i = next((j for j, c, depth in _unquoted(rest, k) if depth == 0 and c in "])>}"), -1)
+    if i < 0:
         raise ValueError("unbalanced parentheses")
     ins_text, attr_text = rest[k + 1:i], rest[i + 1:].strip()
     outs = [_split_ref_type(x) for x in split_top(head, ", ")] if head != "()" else []

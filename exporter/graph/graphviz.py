@@ -116,16 +116,12 @@ class _Graph:
 
 
 def _dims_text(type_proto: Any) -> str | None:
-    if not type_proto.HasField("tensor_type") or not type_proto.tensor_type.HasField("shape"):
+    from exporter.graph._canon import shape_list
+
+    shape = shape_list(type_proto)
+    if shape is None:
         return None
-    dims = []
-    for d in type_proto.tensor_type.shape.dim:
-        if d.HasField("dim_value"):
-            dims.append(str(d.dim_value))
-        elif d.HasField("dim_param"):
-            dims.append(d.dim_param)
-        else:
-            dims.append("?")
+    dims = ["?" if d is None else str(d) for d in shape]
     text = "×".join(dims) if dims else "scalar"
     elem = type_proto.tensor_type.elem_type
     if elem not in (0, 1):  # show the dtype only where it is not float32
