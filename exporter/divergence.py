@@ -49,9 +49,8 @@ def layer_outputs(proto: Any) -> dict[int, str]:
 
 
 def locate(proto: Any, model: Any, x: np.ndarray, *, atol: float, rtol: float, provider: str = "CPUExecutionProvider",
-           training: bool = False, head: str = "decode") -> Divergence | None:
-    """The first layer whose output differs beyond ``atol + rtol * |ref|``, or None when none does
-    (or the graph carries no module scopes)."""
+           training: bool = False, head: str = "decode") -> Divergence | str:
+    """The first layer whose output differs beyond ``atol + rtol * |ref|``, or why none was found."""
     import copy
 
     import onnx
@@ -62,7 +61,7 @@ def locate(proto: Any, model: Any, x: np.ndarray, *, atol: float, rtol: float, p
 
     outs = layer_outputs(proto)
     if not outs:
-        return None
+        return "no layer could be located (the graph records no module scopes)"
     probe = copy.deepcopy(proto)
     known = {vi.name: vi for vi in probe.graph.value_info}
     existing = {o.name for o in probe.graph.output}
@@ -74,7 +73,7 @@ def locate(proto: Any, model: Any, x: np.ndarray, *, atol: float, rtol: float, p
     ref = reference_model(model, head=head, training=training)
     layers = getattr(ref, "model", None)
     if layers is None:
-        return None
+        return "no layer could be located (the PyTorch model has no YOLOv5 layer list)"
     seen: dict[int, np.ndarray] = {}
     hooks = [m.register_forward_hook(lambda mod, i, o, k=k: seen.__setitem__(k, o.detach().float().numpy())
                                      if isinstance(o, torch.Tensor) else None)
@@ -94,4 +93,6 @@ def locate(proto: Any, model: Any, x: np.ndarray, *, atol: float, rtol: float, p
         if not c.passed:
             module = str(getattr(layers[k], "type", type(layers[k]).__name__))
             return Divergence(k, module, name, c.max_abs, c.max_rel, checked)
-    return None
+    if not checked:
+        return "no layer output has the shape of the PyTorch model's: is this the model the file was exported from?"
+    return f"all {checked} layer outputs agree within the tolerance; the difference is in the final head"

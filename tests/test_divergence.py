@@ -52,3 +52,18 @@ def test_passing_report_names_no_layer(exported) -> None:
     report = check_parity(proto, source.model)
     assert report
     assert report.providers[0].divergence == ""
+
+
+def test_wrong_model_is_suspected_not_blamed_on_a_layer(exported) -> None:
+    _, proto = exported
+    report = check_parity(proto, load_model("yolov5s-v5.0").model)
+    assert not report
+    assert "is this the model the file was exported from?" in report.providers[0].divergence
+
+
+def test_shapes_that_do_not_fit_a_static_input_are_an_input_error(exported) -> None:
+    from exporter.errors import InputError
+
+    source, proto = exported
+    with pytest.raises(InputError, match=r"input 1x3x128x128 does not fit the file's input \[1, 3, 256, 256\]"):
+        check_parity(proto, source.model, shapes=[(1, 3, 128, 128)])
