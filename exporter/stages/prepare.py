@@ -41,7 +41,8 @@ def prepare(ctx: Context) -> Context:
     det = getattr(model, "model", [None])[-1] if hasattr(model, "model") else None
     if isinstance(det, Detect):
         det.output = o.head
-        det.int_shapes = o.int_shapes
+        # a static export bakes every size anyway; reading them as ints keeps shape arithmetic out of the trace
+        det.int_shapes = o.int_shapes or o.dynamic is None
         changes.append(f"Detect output={o.head}" + (", int shapes (sizes baked, batch -1)" if o.int_shapes else ""))
     if o.training:
         model.train()

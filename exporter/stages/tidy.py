@@ -1,5 +1,8 @@
 """tidy: constant folding and clean-up of the captured graph (onnxscript's optimizer passes), with
-BatchNorm folding left out when BatchNorm is kept, and Identity nodes removed."""
+BatchNorm folding left out when BatchNorm is kept, and Identity nodes removed.
+
+When the only constant work left is ``Constant`` nodes (a static TorchScript export), they are lifted
+to initializers directly: same graph, without importing onnxscript (about a second per process)."""
 
 from __future__ import annotations
 
@@ -42,9 +45,50 @@ def tidy_model(model, keep_bn: bool):
     return ir.serde.serialize_model(irm)
 
 
+def only_constant_nodes_to_fold(model) -> bool:
+    """True for a static graph in which no node but ``Constant`` (with a tensor ``value``) has only
+    constant inputs, and no Identity is left: then lifting the Constant nodes is all there is to fold.
+    (With dynamic axes, onnxscript also folds shape arithmetic on the dimensions that are known.)"""
+    for i in model.graph.input:
+        if not all(d.HasField("dim_value") for d in i.type.tensor_type.shape.dim):
+            return False
+    consts = {i.name for i in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Constant":
+            if [a.name for a in n.attribute] != ["value"]:
+                return False
+            consts.update(n.output)
+        elif n.op_type == "Identity" or (n.input and all(not i or i in consts for i in n.input)):
+            return False
+    return True
+
+
+def lift_constants(model):
+    """A copy of ``model`` with every ``Constant`` node turned into an initializer."""
+    import onnx
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    keep = []
+    for n in out.graph.node:
+        if n.op_type == "Constant":
+            t = onnx.TensorProto()
+            t.CopyFrom(n.attribute[0].t)
+            t.name = n.output[0]
+            out.graph.initializer.append(t)
+        else:
+            keep.append(n)
+    del out.graph.node[:]
+    out.graph.node.extend(keep)
+    return out
+
+
 def tidy(ctx: Context) -> Context:
     before = op_counts(ctx.onnx)
-    model = tidy_model(ctx.onnx, keep_bn=ctx.options.bn_kept)
+    if only_constant_nodes_to_fold(ctx.onnx):
+        model = lift_constants(ctx.onnx)
+    else:
+        model = tidy_model(ctx.onnx, keep_bn=ctx.options.bn_kept)
     after = op_counts(model)
     gone = {k: before[k] - after[k] for k in before if before[k] > after[k]}
     top = ", ".join(f"-{v} {k}" for k, v in sorted(gone.items(), key=lambda t: -t[1])[:6])
