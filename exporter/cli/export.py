@@ -65,7 +65,8 @@ def summary_table(results: list[Any]) -> str:
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Batch size of the example.")
 @click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset; the file gets exactly this one.")
 @click.option("--exporter", type=click.Choice(["auto", "torchscript", "dynamo"]), default="auto", show_default=True,
-              help="torch exporter; auto picks the one giving the cleaner graph on this torch (TorchScript).")
+              help="torch exporter; auto: TorchScript where this torch has it (the same graph as dynamo "
+                   "after tidy, captured ~10x faster, honours training mode), else dynamo.")
 @click.option("--raw-head/--decode", "raw_head", default=False,
               help="Detect output: the raw per-level maps, or the decoded (bs, N, nc+5) tensor (default).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N for capture and reference.")
