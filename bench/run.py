@@ -397,7 +397,7 @@ def md_export(ec: dict[str, Any]) -> list[str]:
                   "| command | median s | min–max s | CPU s (median) | runs |", "|---|--:|--:|--:|--:|"]
             for k, v in pr["commands"].items():
                 label = {"import torch": "`python -c \"import torch\"`",
-                         "import torch, onnxscript": "`python -c \"import torch, onnxscript\"` (tidy needs onnxscript)",
+                         "import torch, onnxscript": "`python -c \"import torch, onnxscript\"` (tidy imports onnxscript for dynamic, training and dynamo graphs)",
                          "bare export": "bare export process (load_model + torch.onnx.export)",
                          "yexport export --no-check": "`yexport export yolov5s --no-check -o TMP`"}.get(k, k)
                 if "error" in v:
