@@ -40,9 +40,3 @@ class StageError(YexportError):
             self.exit_code = cause.exit_code  # a usage error inside a stage is still a usage error
         after = f" after: {', '.join(before)}" if before else ""
         super().__init__(f"stage '{stage}' failed{after}: {cause}")
-
-
-class ParityError(YexportError):
-    """Numerical parity against the PyTorch reference failed."""
-
-    exit_code = 1

@@ -29,7 +29,6 @@ class Context:
     unsimplified: Any = None  # the graph before --simplify, for parity before and after
     parity: Any = None  # exporter.parity.ParityReport of the final graph
     parity_unsimplified: Any = None
-    path: Any = None  # where the file was written
     change: str = ""  # what the current stage did (moved into its record by the pipeline)
     failure: str = ""  # a stage that failed without stopping the export (e.g. simplify) says why
     records: tuple[StageRecord, ...] = ()

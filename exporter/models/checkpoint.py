@@ -16,10 +16,10 @@ and the weights are loaded with a strict key and shape check.
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import sys
-import tempfile
 import types
 import warnings
 import zipfile
@@ -641,16 +641,8 @@ def save_checkpoint(model: nn.Module, path: str | Path, *, names: list[str] | No
         "stride": [float(s) for s in stride.tolist()] if isinstance(stride, torch.Tensor) else None,
         "extra": extra,
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(ckpt, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from exporter.io import atomic_write
+
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    return atomic_write(path, buf.getvalue())
