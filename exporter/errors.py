@@ -40,3 +40,17 @@ class StageError(YexportError):
             self.exit_code = cause.exit_code  # a usage error inside a stage is still a usage error
         after = f" after: {', '.join(before)}" if before else ""
         super().__init__(f"stage '{stage}' failed{after}: {cause}")
+
+
+class ParityError(YexportError):
+    """The check could not be carried out on a file that loaded (e.g. onnxruntime failed running it)."""
+
+    exit_code = 1
+
+
+def first_line(exc: BaseException | str) -> str:
+    """The first non-empty line of an error message, or the exception's type name when it has none."""
+    text = str(exc).strip()
+    if text:
+        return text.splitlines()[0]
+    return type(exc).__name__ if isinstance(exc, BaseException) else "error"

@@ -45,16 +45,23 @@ def _against_from_metadata(path: str) -> str | None:
 @parity_options
 @click.option("--shapes", default=None, metavar="BxCxHxW,...",
               help="Input shapes to check (default: the file's static shape, or 3 shapes for dynamic axes).")
-@click.option("--device", default="cpu", show_default=True, help="Device of the PyTorch reference.")
+@click.option("--device", default="cpu", show_default=True,
+              help="Device of the PyTorch fp32 reference (the float64 truth always runs on the CPU).")
+@click.option("--repeat", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Run each provider N times on the first input and report the run-to-run spread "
+                   "(0 on a deterministic provider).")
 @model_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def check(file: str, against: str | None, providers: str, require: str, atol: tuple[str, ...], rtol: float,
-          inputs: int, images: str | None, shapes: str | None, device: str, cfg: str | None, nc: int | None,
-          seed: int, trust_checkpoint: bool, as_json: bool) -> None:
+def check(file: str, against: str | None, providers: str, require: str, atol: tuple[str, ...], rtol: float | None,
+          inputs: int | None, images: str | None, detections: bool, shapes: str | None, device: str, repeat: int,
+          cfg: str | None, nc: int | None, seed: int, trust_checkpoint: bool, as_json: bool) -> None:
     """Check FILE.onnx against its PyTorch model on onnxruntime providers.
 
-    The reference (eval, or train mode for a --training-mode file) and the Detect output come from the
-    file's metadata. Exit status: 0 all pass, 1 a parity failure, 2 a usage or input error.
+    The truth is the model's float64 forward; the file passes when its error against it stays within a
+    few times PyTorch fp32's own (per output and, for decoded YOLO boxes, per column group). The reference
+    (eval, or train mode for a --training-mode file) and the Detect output come from the file's metadata.
+    Exit status: 0 all pass, 1 a parity failure (or onnxruntime failed running the file), 2 a usage or
+    input error.
     """
     from exporter.errors import ConfigError
     from exporter.options import PROVIDER_NAMES
@@ -64,14 +71,14 @@ def check(file: str, against: str | None, providers: str, require: str, atol: tu
     bad = [p for p in (*provs, *req) if p not in PROVIDER_NAMES]
     if bad:
         raise ConfigError(f"unknown provider {bad[0]!r} (choose from {', '.join(PROVIDER_NAMES)})")
-    a, per_output = parse_atol(atol, 1e-3)
+    a, per_output = parse_atol(atol)
     target = against or _against_from_metadata(file)
     if target is None:
         raise ConfigError(f"{file}: no model to compare with: give --against MODEL")
     source = load_from_cli(target, cfg, nc, seed, trust_checkpoint)
     report = check_parity(file, source.model, providers=provs, require=req, shapes=_parse_shapes(shapes),
                           inputs=inputs, images=images, atol=a, rtol=rtol, output_atol=per_output, seed=seed,
-                          device=device)
+                          device=device, detections=detections, repeat=repeat)
     if as_json:
         click.echo(json.dumps({"file": file, "against": target, **report.to_dict()}, indent=2))
     else:

@@ -4,9 +4,22 @@ state_dict keys of official checkpoints load unchanged (``model.2.cv1.conv.weigh
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
+
+
+@contextmanager
+def _deliberate_constant() -> Iterator[None]:
+    """The tracer warns whenever a tensor becomes a Python number. Detect does that on purpose in two
+    places (int shapes: sizes baked by choice; its stride buffer: a constant of the model), so those
+    warnings are not news; any other TracerWarning of a capture is recorded and shown."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        yield
 
 
 def autopad(k: int, p: int | None = None) -> int:
@@ -166,7 +179,8 @@ class Detect(nn.Module):
         for i in range(self.nl):
             x[i] = self.m[i](x[i])
             if self.int_shapes:
-                _, _, ny, nx = map(int, x[i].shape)
+                with _deliberate_constant():
+                    _, _, ny, nx = map(int, x[i].shape)
                 bs = -1
             else:
                 bs, _, ny, nx = x[i].shape
@@ -189,7 +203,8 @@ class Detect(nn.Module):
     def _stride(self, i: int) -> float:
         # a Python float, so tracing and torch.export see a constant rather than a tensor read
         assert self.stride is not None, "Detect.stride is set when the model is built"
-        return float(self.stride.tolist()[i])
+        with _deliberate_constant():
+            return float(self.stride.tolist()[i])
 
     def _make_grid(self, nx, ny, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Cell offsets (1, 1, ny, nx, 2) and anchor sizes in pixels (1, na, 1, 1, 2); both broadcast."""

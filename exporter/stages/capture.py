@@ -51,7 +51,20 @@ def _native_stdout_discarded() -> Iterator[None]:
             os.close(saved)
 
 
-def _torchscript(ctx: Context) -> tuple[bytes, str]:
+def tracer_warnings(caught: list[warnings.WarningMessage]) -> tuple[str, ...]:
+    """The TracerWarnings among ``caught``, one line each with where in the model's code they arose
+    (file name and line, no folders), duplicates once."""
+    import torch
+
+    out: dict[str, None] = {}
+    for w in caught:
+        if issubclass(w.category, torch.jit.TracerWarning):
+            text = str(w.message).split(". ")[0].strip()
+            out[f"{os.path.basename(w.filename)}:{w.lineno}: {text}"[:300]] = None
+    return tuple(out)
+
+
+def _torchscript(ctx: Context) -> tuple[bytes, str, tuple[str, ...]]:
     import torch
 
     o = ctx.options
@@ -71,15 +84,16 @@ def _torchscript(ctx: Context) -> tuple[bytes, str]:
             dynamic_axes.update({n: {0: "batch", 1: "anchors"} for n in outs} if o.head == "decode" else
                                 {n: {0: "batch", 2: "ny", 3: "nx"} for n in outs})
     f = io.BytesIO()
-    with warnings.catch_warnings(), _native_stdout_discarded():
-        warnings.simplefilter("ignore")  # the exporter's deprecation and tracer warnings
+    with warnings.catch_warnings(record=True) as caught, _native_stdout_discarded():
+        warnings.simplefilter("always")  # recorded, not printed: tracer warnings are kept, the rest dropped
         torch.onnx.export(ctx.model, (ctx.example,), f, dynamo=False,  # type: ignore[arg-type]
                           opset_version=o.opset, training=mode, do_constant_folding=True,
                           input_names=[INPUT_NAME], output_names=outs, dynamic_axes=dynamic_axes)
-    return f.getvalue(), f"torchscript, {how}, opset {o.opset}"
+    ctx_warnings = tracer_warnings(caught)
+    return f.getvalue(), f"torchscript, {how}, opset {o.opset}", ctx_warnings
 
 
-def _dynamo(ctx: Context) -> tuple[bytes, str]:
+def _dynamo(ctx: Context) -> tuple[bytes, str, tuple[str, ...]]:
     import torch
 
     o = ctx.options
@@ -111,12 +125,16 @@ def _dynamo(ctx: Context) -> tuple[bytes, str]:
         keep = [p for p in node.metadata_props if p.key not in ("pkg.torch.onnx.stack_trace", "pkg.torch.onnx.fx_node")]
         del node.metadata_props[:]
         node.metadata_props.extend(keep)
-    return proto.SerializeToString(), f"dynamo (torch.export), opset {o.opset}"
+    return proto.SerializeToString(), f"dynamo (torch.export), opset {o.opset}", ()
 
 
 def capture(ctx: Context) -> Context:
     import onnx
 
     exporter = ctx.options.capture_exporter
-    data, how = _torchscript(ctx) if exporter == "torchscript" else _dynamo(ctx)
-    return ctx.replace(onnx=onnx.load_from_string(data), change=how)
+    data, how, traced = _torchscript(ctx) if exporter == "torchscript" else _dynamo(ctx)
+    ctx = ctx.replace(onnx=onnx.load_from_string(data), change=how, tracer_warnings=traced)
+    if traced:
+        ctx = ctx.note(f"{len(traced)} TracerWarning(s) in capture: the trace may have baked in values of the "
+                       "example input (the parity check runs on other inputs to find out)")
+    return ctx

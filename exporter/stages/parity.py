@@ -1,8 +1,9 @@
 """parity: compare the graph (and, after --simplify, the graph before it) with the PyTorch model.
 
 Input shapes come from the graph itself (see :func:`exporter.parity.default_shapes`): the static
-shape, or batches 1/2/4, or three image sizes for ``--dynamic all``. The PyTorch reference runs
-once per input and serves both comparisons.
+shape, or batches 1/2/4, or three image sizes for ``--dynamic all``; the inputs are never the capture
+example. The PyTorch forwards (fp32, float64 truth, and the fused copy that was captured) run once per
+input and serve both comparisons.
 """
 
 from __future__ import annotations
@@ -11,14 +12,17 @@ from exporter.pipeline import Context
 
 
 def parity(ctx: Context) -> Context:
-    from exporter.parity import compare_with, default_shapes, reference_outputs
+    from exporter.parity import build_reference, compare_with, default_shapes
 
     o = ctx.options
-    ref = reference_outputs(ctx.source.model, default_shapes(ctx.onnx), inputs=o.inputs, images=o.images,
-                            training=o.training, head=o.head, seed=o.seed, device=o.device)
+    explicit = o.atol is not None or o.rtol is not None
+    ref = build_reference(ctx.source.model, default_shapes(ctx.onnx), inputs=o.inputs, images=o.images,
+                          training=o.training, head=o.head, seed=o.seed, device=o.device,
+                          exported=ctx.model if o.fuse_bn else None, truth=not explicit)
+
     def run(graph: object):
         return compare_with(graph, ref, providers=o.providers, require=o.require, atol=o.atol, rtol=o.rtol,
-                            output_atol=o.output_atol, model=ctx.source.model)
+                            output_atol=o.output_atol, model=ctx.source.model, detections=o.detections)
 
     report = run(ctx.onnx)
     before = run(ctx.unsimplified) if ctx.unsimplified is not None else None

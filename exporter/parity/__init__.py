@@ -1,0 +1,214 @@
+"""Numerical parity of an ONNX file against its PyTorch model on onnxruntime providers.
+
+For every input (never the capture example) the truth is the source model's float64 forward on the
+CPU; the file passes when its error against that truth is within a small multiple of PyTorch fp32's own
+error (see :mod:`exporter.parity.compare`). ``--atol/--rtol`` replace that rule by an explicit
+element-wise tolerance against PyTorch fp32. The provider that really ran is read from the session: a
+CUDA request that fell back to CPU is reported as not run, never as a pass.
+
+Modules: ``inputs`` (shapes and images), ``reference`` (the PyTorch forwards), ``runtime`` (onnxruntime
+sessions), ``compare`` (the rule), ``detections`` (NMS agreement, information only), ``divergence``
+(the first layer that stands out), ``report`` (types and rendering).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from exporter.errors import ConfigError, InputError
+from exporter.parity.compare import (
+    DEFAULT_ATOL,
+    DEFAULT_RTOL,
+    K_MAX,
+    K_Q,
+    compare_floor,
+    compare_tolerance,
+    whole,
+    yolo_groups,
+)
+from exporter.parity.inputs import default_shapes, image_files, letterbox, make_inputs
+from exporter.parity.reference import Reference, build_reference, fused_copy, reference_model
+from exporter.parity.report import CaseParity, GroupParity, OutputParity, ParityReport, ProviderParity
+from exporter.parity.runtime import open_session
+
+__all__ = [
+    "CaseParity", "GroupParity", "OutputParity", "ParityReport", "ProviderParity", "Reference",
+    "build_reference", "check_parity", "compare_floor", "compare_tolerance", "compare_with", "default_shapes",
+    "fused_copy", "image_files", "letterbox", "make_inputs", "open_session", "reference_model",
+]
+
+FLOOR_RULE = (f"error against float64 <= {K_Q:g}x PyTorch fp32's own at the 99.9th percentile and <= {K_MAX:g}x "
+              "at the maximum, per output and column group")
+
+
+def _tolerance_text(atol: float, rtol: float, output_atol: dict[str, float]) -> str:
+    tol = f"|onnx - torch| <= {atol:g} + {rtol:g} * |torch|"
+    if output_atol:
+        tol += f" ({', '.join(f'{k}: atol {v:g}' for k, v in output_atol.items())})"
+    return tol
+
+
+def compare_with(onnx_model: Any, ref: Reference, *, providers: tuple[str, ...] | list[str] = ("cpu",),
+                 require: tuple[str, ...] | list[str] = (), atol: float | None = None, rtol: float | None = None,
+                 output_atol: dict[str, float] | None = None, model: Any = None, detections: bool = True,
+                 repeat: int = 1) -> ParityReport:
+    """Run ``onnx_model`` on each provider for every reference input and compare.
+
+    Without ``atol``/``rtol`` the noise-floor rule judges (where the reference has a float64 truth);
+    with them, or per output in ``output_atol``, the explicit tolerance does. With ``model`` (the PyTorch
+    model of ``ref``) a failing provider also names the first layer whose error stands out."""
+    import onnx
+
+    from exporter.parity.runtime import run
+
+    data = _as_bytes(onnx_model)
+    proto = onnx.load_from_string(data)
+    output_atol = dict(output_atol or {})
+    out_names = [o.name for o in proto.graph.output]
+    unknown = sorted(set(output_atol) - set(out_names))
+    if unknown:
+        raise ConfigError(f"--atol {unknown[0]}=...: the file has no output {unknown[0]!r} "
+                          f"(outputs: {', '.join(out_names)})")
+    if repeat < 1:
+        raise ConfigError("--repeat must be at least 1")
+    explicit = atol is not None or rtol is not None
+    a = DEFAULT_ATOL if atol is None else atol
+    r = DEFAULT_RTOL if rtol is None else rtol
+    has_truth = all(c.f64 is not None for c in ref.cases)
+    notes = list(ref.notes)
+    if explicit:
+        rule = _tolerance_text(a, r, output_atol)
+    elif has_truth:
+        rule = FLOOR_RULE + (f"; tolerance for {', '.join(output_atol)}: {_tolerance_text(a, r, output_atol)}"
+                             if output_atol else "")
+    else:
+        rule = _tolerance_text(a, r, output_atol)
+        notes.append(f"no float64 truth ({ref.no_f64}): judged by the fixed tolerance instead")
+    report = ParityReport(ref.mode, [], ref.description, rule, "float64" if has_truth else "none", notes)
+    runs: dict[str, list[list[np.ndarray]]] = {}
+    for requested in dict.fromkeys([*providers, *require]):
+        sess, result = open_session(data, requested)
+        result.required = requested in require
+        report.providers.append(result)
+        if sess is None or not result.ran:
+            continue
+        runs[requested] = []
+        for case in ref.cases:
+            outs = run(sess, proto, case.x, requested)
+            if len(outs) != len(case.fp32):
+                raise InputError(f"the ONNX file has {len(outs)} outputs but the model gives {len(case.fp32)}: "
+                                 "is it the model this file was exported from?")
+            runs[requested].append(outs)
+            result.cases.append(_case(case, outs, out_names, ref, explicit, has_truth, a, r, output_atol, detections))
+        if repeat > 1 and ref.cases:
+            first = runs[requested][0]
+            spread = 0.0
+            for _ in range(repeat - 1):
+                again = run(sess, proto, ref.cases[0].x, requested)
+                spread = max([spread, *(_max_abs(x, y) for x, y in zip(first, again, strict=True))])
+            result.repeat_max_abs = spread
+        failing = next((i for i, c in enumerate(result.cases) if not c.passed), None)
+        if failing is not None and model is not None and has_truth and not explicit:
+            from exporter.parity.divergence import locate
+
+            found = locate(proto, model, ref.cases[failing].x, provider=result.provider,
+                           training=ref.mode == "train", head=ref.head)
+            result.divergence = str(found)
+    if "cpu" in runs:
+        for p in report.providers:
+            if p.requested != "cpu" and p.requested in runs:
+                p.vs_cpu_max_abs = max((_max_abs(x, y) for xs, ys in zip(runs[p.requested], runs["cpu"], strict=True)
+                                        for x, y in zip(xs, ys, strict=True)), default=0.0)
+    return report
+
+
+def _max_abs(x: np.ndarray, y: np.ndarray) -> float:
+    if x.shape != y.shape:
+        return float("inf")
+    return float(np.abs(x.astype(np.float64) - y.astype(np.float64)).max()) if x.size else 0.0
+
+
+def _case(case: Any, outs: list[np.ndarray], names: list[str], ref: Reference, explicit: bool, has_truth: bool,
+          atol: float, rtol: float, output_atol: dict[str, float], detections: bool) -> CaseParity:
+    captured = case.exported if case.exported is not None else case.fp32
+    results: list[OutputParity] = []
+    for i, (name, out) in enumerate(zip(names, outs, strict=True)):
+        fp32 = case.fp32[i]
+        if explicit or not has_truth or name in output_atol:
+            results.append(compare_tolerance(name, out, fp32, output_atol.get(name, atol), rtol, captured[i]))
+            continue
+        groups = None
+        if ref.layout is not None and case.x.ndim == 4:
+            groups = yolo_groups(ref.layout, out.shape, case.x.shape[2], case.x.shape[3])
+        results.append(compare_floor(name, out, fp32, case.f64[i], groups or whole(), captured[i]))
+    fusion = None
+    if case.exported is not None:
+        fusion = max((_max_abs(x, y) for x, y in zip(case.exported, case.fp32, strict=True)), default=0.0)
+    dets = None
+    if detections and ref.layout is not None and has_truth and len(outs) == 1 and results[0].groups \
+            and results[0].groups[0].name == "xy":
+        from exporter.parity.detections import compare_detections
+
+        dets = compare_detections(outs[0], case.fp32[0], case.f64[0])
+    return CaseParity(list(case.x.shape), case.label, results, fusion, dets)
+
+
+def check_parity(
+    onnx_model: Any,
+    model: Any,
+    *,
+    providers: tuple[str, ...] | list[str] = ("cpu",),
+    require: tuple[str, ...] | list[str] = (),
+    shapes: list[tuple[int, ...]] | None = None,
+    inputs: int | None = None,
+    images: str | None = None,
+    atol: float | None = None,
+    rtol: float | None = None,
+    output_atol: dict[str, float] | None = None,
+    training: bool | None = None,
+    head: str | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    detections: bool = True,
+    repeat: int = 1,
+    exported: Any = None,
+) -> ParityReport:
+    """Compare ``onnx_model`` (path, bytes or ModelProto) with the PyTorch ``model``.
+
+    ``training``/``head``/``shapes`` default to what the file's yexport metadata says (a training-mode
+    file is compared with a train-mode forward on a copy; a fused file's capture error is measured
+    against a fused copy). Returns a :class:`ParityReport` (truthy on pass)."""
+    import onnx
+
+    if inputs is not None and inputs < 1:
+        raise ConfigError(f"inputs={inputs}: parity needs at least one input")
+    data = _as_bytes(onnx_model)
+    proto = onnx.load_from_string(data)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    if training is None:
+        training = meta.get("yexport.training") == "1"
+    if head is None:
+        head = meta.get("yexport.head", "decode")
+    if exported is None and meta.get("yexport.keep_bn") == "0":
+        exported = fused_copy(model)
+    explicit = atol is not None or rtol is not None
+    ref = build_reference(model, shapes or default_shapes(proto), inputs=inputs, images=images, training=training,
+                          head=head, seed=seed, device=device, exported=exported, truth=not explicit)
+    return compare_with(data, ref, providers=providers, require=require, atol=atol, rtol=rtol,
+                        output_atol=output_atol, model=model, detections=detections, repeat=repeat)
+
+
+def _as_bytes(model: Any) -> bytes:
+    if isinstance(model, bytes):
+        return model
+    if isinstance(model, (str, Path)):
+        p = Path(model)
+        if not p.is_file():
+            raise InputError(f"{p}: no such file")
+        from exporter.graph.load import load_onnx
+
+        return load_onnx(p, load_weights=True).SerializeToString()
+    return model.SerializeToString()

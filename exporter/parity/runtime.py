@@ -1,0 +1,102 @@
+"""onnxruntime sessions: the provider that really ran, read from the session, and honest run errors."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from exporter.errors import InputError, ParityError, first_line
+from exporter.options import PROVIDER_NAMES
+from exporter.parity.report import ProviderParity
+
+
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator[dict[str, str]]:
+    """Capture what native code prints on file descriptor 2 (onnxruntime's provider errors)."""
+    buf: dict[str, str] = {"text": ""}
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield buf
+        return
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield buf
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            buf["text"] = tmp.read(64 << 10).decode("utf-8", "replace")
+
+
+def open_session(model_bytes: bytes, requested: str) -> tuple[Any, ProviderParity]:
+    """An onnxruntime session for provider ``requested`` ('cpu', 'cuda', 'tensorrt') and what ran.
+
+    A file that the CPU provider cannot load (dangling edges, cycles, unknown operators, an opset that
+    onnxruntime lacks) is an input error; another provider that cannot load it did not run."""
+    import onnxruntime as ort
+
+    provider = PROVIDER_NAMES[requested]
+    result = ProviderParity(requested, provider, False, [])
+    available = ort.get_available_providers()
+    if provider not in available:
+        result.reason = f"this onnxruntime build has no {provider} (installed: {', '.join(available)})"
+        return None, result
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    chain = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
+    with _captured_stderr() as err:
+        try:
+            sess = ort.InferenceSession(model_bytes, sess_options=so, providers=chain)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            if provider == "CPUExecutionProvider":
+                raise InputError(f"onnxruntime cannot load the file: {first_line(exc)[:300]}") from None
+            sess, result.reason = None, f"session failed: {first_line(exc)[:300]}"
+    if sess is None:
+        return None, result
+    result.ran_on = sess.get_providers()
+    result.ran = result.ran_on[:1] == [provider]
+    if not result.ran:
+        why = _fallback_reason(err["text"])
+        result.reason = f"{provider} is listed but the session fell back to {result.ran_on[0]}" + (f" ({why})" if why else "")
+    return sess, result
+
+
+def check_input(proto: Any, x: np.ndarray) -> None:
+    """Refuse an input the file's declared input cannot take (rank, static sizes), as an input error."""
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    want = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims]
+    shown = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?") for d in dims]
+    if len(want) != x.ndim or any(w is not None and w != s for w, s in zip(want, x.shape, strict=False)):
+        raise InputError(f"input {'x'.join(map(str, x.shape))} does not fit the file's input {shown} "
+                         "(give --shapes that match it)")
+
+
+def run(sess: Any, proto: Any, x: np.ndarray, requested: str) -> list[np.ndarray]:
+    """One onnxruntime run; a failure inside onnxruntime is a parity failure naming its message."""
+    check_input(proto, x)
+    try:
+        return list(sess.run(None, {proto.graph.input[0].name: x}))
+    except Exception as exc:  # onnxruntime's RuntimeException, Fail, InvalidArgument...
+        raise ParityError(f"onnxruntime failed running the file on {requested} for input "
+                          f"{'x'.join(map(str, x.shape))}: {first_line(exc)[:300]}") from None
+
+
+def _fallback_reason(log: str) -> str:
+    """The useful part of onnxruntime's provider error log, without local paths."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", log)
+    parts = []
+    m = re.search(r"with error: ([^\n]+)", text)
+    if m:
+        parts.append(m.group(1).strip())
+    m = re.search(r"(Require [^\n]+?)\. Please", text)
+    if m:
+        parts.append(m.group(1).strip())
+    return "; ".join(re.sub(r"/\S+/", "", p) for p in parts)[:240]
