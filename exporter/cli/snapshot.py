@@ -14,8 +14,10 @@ import click
 @click.option("--io-names/--no-io-names", default=True, show_default=True,
               help="Keep the graph input and output names (the model's interface) in the text.")
 @click.option("--metadata/--no-metadata", default=True, show_default=True,
-              help="Include the model's metadata_props.")
-def snapshot(file: Path, output: Path | None, io_names: bool, metadata: bool) -> None:
+              help="Include the model's metadata_props that define the graph.")
+@click.option("--include", multiple=True, metavar="WHAT",
+              help="run-metadata: also the run record (parity options, stages, source path, versions, seed).")
+def snapshot(file: Path, output: Path | None, io_names: bool, metadata: bool, include: tuple[str, ...]) -> None:
     """Print canonical, deterministic text of an ONNX graph for golden files.
 
     Nodes come in canonical topological order with op, attributes and the dtype and shape of every
@@ -26,7 +28,7 @@ def snapshot(file: Path, output: Path | None, io_names: bool, metadata: bool) ->
     from exporter.graph.snapshot import snapshot as snapshot_text
     from exporter.graph.snapshot import write_snapshot
 
-    text = snapshot_text(file, io_names=io_names, metadata=metadata)
+    text = snapshot_text(file, io_names=io_names, metadata=metadata, include=include)
     if output is None:
         click.echo(text, nl=False)
     else:

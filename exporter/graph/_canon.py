@@ -887,12 +887,16 @@ def render_body(g: CanonGraph, *, io_names: bool = True, hashes: bool = True) ->
     return lines
 
 
-def render_snapshot(g: CanonGraph, *, io_names: bool = True, metadata: bool = True) -> str:
+def render_snapshot(g: CanonGraph, *, io_names: bool = True, metadata: bool = True, run_metadata: bool = False) -> str:
+    """Snapshot text; the metadata is the graph's identity (see ``exporter.stages.metadata``), plus
+    the run record (parity options, stages, source path, versions) with ``run_metadata``."""
+    from exporter.stages.metadata import graph_identity
+
     lines = [SNAPSHOT_MAGIC, f"ir_version: {g.ir_version}",
              "opsets: " + " ".join(f"{d}={v}" for d, v in g.opsets.items())]
     if metadata:
         lines.append("metadata:")
-        for k, v in g.metadata.items():
+        for k, v in graph_identity(g.metadata, include_run=run_metadata).items():
             lines.append(f"  {json.dumps(k)}: {json.dumps(v)}")
     lines.extend(render_body(g, io_names=io_names))
     return "\n".join(lines) + "\n"

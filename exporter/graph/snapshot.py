@@ -16,22 +16,38 @@ import os
 from pathlib import Path
 from typing import Any
 
-from exporter.errors import InputError
+from exporter.errors import ConfigError, InputError
 from exporter.graph._canon import canonicalize, load_any, no_gc, render_snapshot
 
 __all__ = ["snapshot", "write_snapshot"]
 
 
-def snapshot(path_or_model: str | os.PathLike[str] | Any, *, io_names: bool = True, metadata: bool = True) -> str:
-    """Canonical, deterministic snapshot text of an ONNX file or ModelProto."""
+def snapshot(path_or_model: str | os.PathLike[str] | Any, *, io_names: bool = True, metadata: bool = True,
+             include: Any = ()) -> str:
+    """Canonical, deterministic snapshot text of an ONNX file or ModelProto.
+
+    The metadata is what defines the graph (stride, names, head and BatchNorm mode, image size,
+    dynamic axes, graph-defining options); ``include=("run-metadata",)`` adds the run record
+    (parity options, stage list, source path, versions, seed)."""
     model, base_dir, path = load_any(path_or_model)
     g = canonicalize(model, base_dir=base_dir, path=path)
     with no_gc():
-        text = render_snapshot(g, io_names=io_names, metadata=metadata)
+        text = render_snapshot(g, io_names=io_names, metadata=metadata, run_metadata=_run_metadata(include))
     if g.notes:
         head, _, rest = text.partition("\n")
         text = head + "\n" + "".join(f"# note: {n}\n" for n in g.notes) + rest
     return text
+
+
+def _run_metadata(include: Any) -> bool:
+    from exporter.stages.metadata import RUN_METADATA
+
+    items = [include] if isinstance(include, str) else list(include or ())
+    names = {x.strip() for it in items for x in str(it).split(",") if x.strip()}
+    bad = names - {RUN_METADATA}
+    if bad:
+        raise ConfigError(f"unknown --include value {sorted(bad)[0]!r} (choose from {RUN_METADATA})")
+    return RUN_METADATA in names
 
 
 def write_snapshot(text: str, out: str | os.PathLike[str]) -> Path:

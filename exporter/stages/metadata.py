@@ -1,11 +1,85 @@
-"""metadata: how the file was made, in its own metadata_props (read back by `yexport check`)."""
+"""metadata: how the file was made, in its own metadata_props (read back by `yexport check`).
+
+Two kinds of key, classified in one table here (:data:`RUN_RECORD_KEYS`, :func:`is_run_record`):
+
+- **graph identity**: what a consumer of the file reads and what defines the graph (model name,
+  head and BatchNorm mode, image size, dynamic axes, stride, class names, the graph-defining
+  options). ``yexport snapshot`` and ``yexport diff`` compare these by default.
+- **run record**: how this particular run was made (parity options, stage list, source path,
+  versions, seed). Kept in the file and the manifest; compared only with ``--include run-metadata``.
+
+Beside the ``yexport.*`` keys the file carries ``stride`` and ``names`` in the form the YOLOv5
+runtime (``DetectMultiBackend``) parses: ``int(meta["stride"])`` and
+``ast.literal_eval(meta["names"])``.
+"""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from exporter import __version__
 from exporter.pipeline import Context
+
+# ExportOptions fields that shape the graph; every other field is a run-record option.
+GRAPH_OPTION_FIELDS: frozenset[str] = frozenset({
+    "keep_bn", "training", "int_shapes", "tidy", "infer_shapes", "simplify", "dynamic", "img", "batch",
+    "opset", "exporter", "head",
+})
+# Keys that record how the run was made, not what the graph is.
+RUN_RECORD_KEYS: frozenset[str] = frozenset({
+    "yexport.version",  # the library version
+    "yexport.source",  # kind:path of what the user gave (the path differs per checkout)
+    "yexport.source_sha256",  # the checkpoint/config content (weights are compared as initializers)
+    "yexport.weights",  # where the weights came from
+    "yexport.seed",  # seed of the synthetic weights and parity inputs
+    "yexport.stages",  # stage list (parity runs or not)
+    "yexport.run",  # the run-record options (JSON): check, providers, require, atol, rtol, inputs, ...
+})
+# Keys whose JSON object mixes both kinds (files written before yexport.graph_options existed):
+# split field by field with GRAPH_OPTION_FIELDS.
+MIXED_KEYS: dict[str, tuple[str, str]] = {"yexport.options": ("yexport.graph_options", "yexport.run")}
+RUN_METADATA = "run-metadata"  # the name of the run record for --include
+
+
+def is_run_record(key: str) -> bool:
+    """True for a metadata key that records how the run was made (excluded from graph identity)."""
+    return key in RUN_RECORD_KEYS
+
+
+def split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``ExportOptions.describe()`` -> (graph-defining fields, run-record fields)."""
+    graph = {k: v for k, v in options.items() if k in GRAPH_OPTION_FIELDS}
+    run = {k: v for k, v in options.items() if k not in GRAPH_OPTION_FIELDS}
+    return graph, run
+
+
+def _dump(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True)
+
+
+def graph_identity(meta: dict[str, str], *, include_run: bool = False) -> dict[str, str]:
+    """The metadata that defines the graph (sorted by key); with ``include_run`` the run record too.
+
+    A legacy ``yexport.options`` blob is split into ``yexport.graph_options`` (kept) and
+    ``yexport.run`` (run record), so old and new files compare field for field."""
+    out: dict[str, str] = {}
+    for key, value in meta.items():
+        if key in MIXED_KEYS:
+            try:
+                obj = json.loads(value)
+            except ValueError:
+                obj = None
+            if isinstance(obj, dict):
+                graph_key, run_key = MIXED_KEYS[key]
+                graph, run = split_options(obj)
+                out.setdefault(graph_key, _dump(graph))
+                if include_run:
+                    out.setdefault(run_key, _dump(run))
+                continue
+        if include_run or not is_run_record(key):
+            out[key] = value
+    return dict(sorted(out.items()))
 
 
 def layer_types(model) -> list[str] | None:
@@ -16,12 +90,45 @@ def layer_types(model) -> list[str] | None:
     return [str(getattr(m, "type", type(m).__name__)) for m in layers]
 
 
+def class_names(model) -> dict[int, str] | None:
+    """``{0: 'person', ...}`` from the model's ``names`` (dict or list, as a checkpoint has them),
+    else ``{0: 'class0', ...}`` for its ``nc`` (a model built from a config names its classes by
+    index only: '0', '1', ...)."""
+    names = getattr(model, "names", None)
+    if isinstance(names, dict) and names:
+        found = {int(k): str(v) for k, v in sorted(names.items(), key=lambda kv: int(kv[0]))}
+    elif isinstance(names, (list, tuple)) and names:
+        found = {i: str(v) for i, v in enumerate(names)}
+    else:
+        found = {}
+    if found and any(v != str(k) for k, v in found.items()):
+        return found
+    nc = getattr(model, "nc", None) or len(found)
+    return {i: f"class{i}" for i in range(int(nc))} if nc else None
+
+
+def yolov5_props(model) -> dict[str, str]:
+    """The keys YOLOv5's ``DetectMultiBackend`` reads: ``stride`` (max stride as an int) and
+    ``names`` (a Python dict literal)."""
+    props: dict[str, str] = {}
+    stride = getattr(model, "stride", None)
+    if stride is not None:
+        values = [int(s) for s in (stride.tolist() if hasattr(stride, "tolist") else stride)]
+        if values:
+            props["stride"] = str(max(values))
+    names = class_names(model)
+    if names is not None:
+        props["names"] = repr(names)
+    return props
+
+
 def metadata(ctx: Context) -> Context:
     from exporter.stages import enabled_stages
 
     o = ctx.options
     src = ctx.source
     model = src.model
+    graph_opts, run_opts = split_options(o.describe())
     props = {
         "yexport.version": __version__,
         "yexport.model": src.name,
@@ -29,7 +136,8 @@ def metadata(ctx: Context) -> Context:
         "yexport.weights": src.weights,
         "yexport.seed": str(o.seed),
         "yexport.stages": ",".join(s.name for s in enabled_stages(o)),
-        "yexport.options": json.dumps(o.describe(), sort_keys=True),
+        "yexport.graph_options": _dump(graph_opts),
+        "yexport.run": _dump(run_opts),
         "yexport.training": "1" if o.training else "0",
         "yexport.keep_bn": "1" if o.bn_kept else "0",
         "yexport.head": o.head,
@@ -37,6 +145,8 @@ def metadata(ctx: Context) -> Context:
         "yexport.img": f"{o.img[0]},{o.img[1]}",
         "yexport.exporter": o.capture_exporter,
     }
+    if getattr(src, "sha256", ""):
+        props["yexport.source_sha256"] = src.sha256
     stride = getattr(model, "stride", None)
     if stride is not None:
         props["yexport.stride"] = ",".join(str(int(s)) for s in stride.tolist())
@@ -46,6 +156,7 @@ def metadata(ctx: Context) -> Context:
     types = layer_types(model)
     if types:
         props["yexport.layers"] = json.dumps(types)
+    props.update(yolov5_props(model))
     m = ctx.onnx
     m.producer_name, m.producer_version = "yexport", __version__
     existing = {p.key: p for p in m.metadata_props}
