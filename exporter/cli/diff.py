@@ -25,20 +25,29 @@ def _split_ignore(ctx: click.Context, param: click.Parameter, value: tuple[str, 
 @click.option("--ignore", multiple=True, callback=_split_ignore, metavar="WHAT",
               help="Ignore names (graph input/output names), initializer-values or metadata. "
                    "Repeat or give a comma list.")
+@click.option("--include", multiple=True, metavar="WHAT",
+              help="Also compare run-metadata: how each file was made (parity options, stages, source path, "
+                   "versions, seed). By default only the metadata that defines the graph is compared.")
 @click.option("--atol", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
               help="Initializer values that differ by at most this much count as equal (ONNX files only).")
 @click.pass_context
-def diff(ctx: click.Context, a: Path, b: Path, fmt: str, ignore: tuple[str, ...], atol: float) -> None:
+def diff(ctx: click.Context, a: Path, b: Path, fmt: str, ignore: tuple[str, ...], include: tuple[str, ...],
+         atol: float) -> None:
     """Compare two ONNX graphs structurally; exit 0 when identical, 1 when different, 2 on error.
 
     A and B are ONNX files or `yexport snapshot` texts. Nodes are matched by op and position in the
     dataflow, never by name, so renaming nodes and values is no difference. Reports graph input and
     output changes, the op count delta, added, removed and changed nodes (attributes, shapes, dtypes,
     rewired inputs), initializer changes (shape, dtype, values beyond --atol) and opset and
-    metadata changes.
+    metadata changes, after a summary of the systematic ones (op counts, parameter count, channel
+    widths, depth, module substitutions, opset, interface).
+
+    Metadata is compared as graph identity: stride, names, head and BatchNorm mode, image size,
+    dynamic axes, graph-defining options. How the file was made (parity options, stage list, source
+    path, versions, seed) is compared only with --include run-metadata.
     """
     from exporter.graph.diff import diff as diff_graphs
 
-    result = diff_graphs(a, b, ignore=ignore, atol=atol)
+    result = diff_graphs(a, b, ignore=ignore, atol=atol, include=include)
     click.echo(result.render(fmt), nl=False)
     ctx.exit(0 if result.identical else 1)

@@ -44,6 +44,7 @@ IGNORABLE = ("names", "initializer-values", "metadata")
 _MAX_EDITS = 1000  # beyond this edit distance the aligner anchors on unique signatures first
 _LIST_LIMIT_TEXT = 50
 _LIST_LIMIT_MD = 200
+_GROUP_MD = 30  # longer node/initializer lists are folded per layer in markdown
 
 
 # ---------------------------------------------------------------------------------------------
@@ -71,6 +72,8 @@ class DiffResult:
     initializers_with_removed_nodes: int = 0
     matched: int = 0
     notes: list[str] = field(default_factory=list)
+    summary: list[str] = field(default_factory=list)  # systematic changes, most telling first
+    include: tuple[str, ...] = ()
 
     @property
     def structural(self) -> bool:
@@ -107,7 +110,9 @@ class DiffResult:
             "a": self.a,
             "b": self.b,
             "ignore": list(self.ignore),
+            "include": list(self.include),
             "atol": self.atol,
+            "summary": self.summary,
             "model": self.model,
             "metadata": self.metadata,
             "inputs": self.inputs,
@@ -132,6 +137,9 @@ class DiffResult:
             out.append("identical" + (f" (ignoring {', '.join(self.ignore)})" if self.ignore else ""))
             out.extend(f"note: {n}" for n in self.notes)
             return "\n".join(out) + "\n"
+        if self.summary:
+            out.append("summary:")
+            out.extend(f"  {s}" for s in self.summary)
         out.append(f"structure: {self.structure_summary()}")
         for title, items in (("model", self.model), ("metadata", self.metadata)):
             for c in items:
@@ -161,10 +169,14 @@ class DiffResult:
 
     # -- markdown -----------------------------------------------------------------------------
     def to_markdown(self) -> str:
+        from exporter.graph.diff_summary import grouped_rows
+
         verdict = "identical" if self.identical else "different"
-        out = [f"### ONNX graph diff: **{verdict}**", "",
-               f"A: `{self.a.get('path') or '<model>'}` ({self.a['kind']}, {self.a['nodes']} nodes)  ",
-               f"B: `{self.b.get('path') or '<model>'}` ({self.b['kind']}, {self.b['nodes']} nodes)", ""]
+        out = [f"### ONNX graph diff: **{verdict}**", ""]
+        if self.summary and not self.identical:
+            out += [f"- {_md(s.strip())}" for s in self.summary] + [""]
+        out += [f"A: `{self.a.get('path') or '<model>'}` ({self.a['kind']}, {self.a['nodes']} nodes)  ",
+                f"B: `{self.b.get('path') or '<model>'}` ({self.b['kind']}, {self.b['nodes']} nodes)", ""]
         if self.ignore:
             out += [f"Ignoring: {', '.join(self.ignore)}", ""]
         if self.identical:
@@ -193,16 +205,29 @@ class DiffResult:
             out.extend(["", "</details>", ""])
 
         head = ["| node | op | name | reads |", "|---|---|---|---|"]
-        if self.added:
+        by_layer = ["| layer | nodes | ops |", "|---|--:|---|"]
+        if len(self.added) > _GROUP_MD:
+            details(f"{len(self.added)} nodes added (per layer; --format json lists each)", by_layer,
+                    grouped_rows(self.added, "added"))
+        elif self.added:
             details(f"{len(self.added)} nodes added", head,
                     [f"| B{e['b']} | {_md(e['op'])} | {_md(e.get('name') or '')} | {_md(e.get('reads') or '')} |" for e in self.added])
-        if self.removed:
+        if len(self.removed) > _GROUP_MD:
+            details(f"{len(self.removed)} nodes removed (per layer; --format json lists each)", by_layer,
+                    grouped_rows(self.removed, "removed"))
+        elif self.removed:
             details(f"{len(self.removed)} nodes removed", head,
                     [f"| A{e['a']} | {_md(e['op'])} | {_md(e.get('name') or '')} | {_md(e.get('reads') or '')} |" for e in self.removed])
-        if self.changed:
+        if len(self.changed) > _GROUP_MD:
+            details(f"{len(self.changed)} nodes changed (per layer; --format json lists each)",
+                    ["| layer | nodes | ops | what changed |", "|---|--:|---|---|"], grouped_rows(self.changed, "changed"))
+        elif self.changed:
             details(f"{len(self.changed)} nodes changed", ["| A | B | op | changes |", "|---|---|---|---|"],
                     [f"| A{e['a']} | B{e['b']} | {_md(_label(e))} | {_md('; '.join(e['changes']))} |" for e in self.changed])
-        if self.initializers:
+        if len(self.initializers) > _GROUP_MD:
+            details(f"{len(self.initializers)} initializer changes (per layer; --format json lists each)",
+                    ["| layer | initializers | kinds |", "|---|--:|---|"], grouped_rows(self.initializers, "init"))
+        elif self.initializers:
             details(f"{len(self.initializers)} initializer changes", ["| change |", "|---|"],
                     [f"| {_md(_init_line(c))} |" for c in self.initializers])
         out += [f"> {n}" for n in self.notes]
@@ -517,33 +542,41 @@ class _Side:
         return src[0]
 
 
-def diff(a: Any, b: Any, *, ignore: Any = (), atol: float = 0.0) -> DiffResult:
+def diff(a: Any, b: Any, *, ignore: Any = (), atol: float = 0.0, include: Any = ()) -> DiffResult:
     """Compare graph A with graph B (ONNX files, snapshot files or ModelProtos).
 
     ``ignore`` takes any of ``names`` (graph input/output names), ``initializer-values`` and
     ``metadata``; ``atol`` is the largest absolute difference in initializer values that still
-    counts as equal. The result is truthy when the graphs are identical."""
+    counts as equal. Metadata is compared as graph identity (see ``exporter.stages.metadata``):
+    the run record (parity options, stages, source path, versions) only with
+    ``include=("run-metadata",)``. The result is truthy when the graphs are identical."""
+    from exporter.graph.snapshot import _run_metadata
+
     ign = _parse_ignore(ignore)
     if atol < 0:
         raise ConfigError(f"--atol must be >= 0, got {atol}")
+    run_metadata = _run_metadata(include)
     with no_gc():
         ga, gb = _load_pair(a, b)
-        return _diff(ga, gb, ign, float(atol))
+        return _diff(ga, gb, ign, float(atol), run_metadata)
 
 
-def _diff(ga: CanonGraph, gb: CanonGraph, ign: tuple[str, ...], atol: float) -> DiffResult:
-    res = DiffResult(_side(ga), _side(gb), ign, float(atol))
+def _diff(ga: CanonGraph, gb: CanonGraph, ign: tuple[str, ...], atol: float, run_metadata: bool = False) -> DiffResult:
+    from exporter.graph.diff_summary import summarize
+    from exporter.graph.match import match_nodes
+
+    res = DiffResult(_side(ga), _side(gb), ign, float(atol), include=("run-metadata",) if run_metadata else ())
     res.notes.extend(f"A: {n}" for n in ga.notes)
     res.notes.extend(f"B: {n}" for n in gb.notes)
     sa, sb = _Side(ga, "A"), _Side(gb, "B")
     ignore_values = "initializer-values" in ign
 
-    _compare_model(ga, gb, res, with_metadata="metadata" not in ign)
+    _compare_model(ga, gb, res, with_metadata="metadata" not in ign, run_metadata=run_metadata)
     ca, cb = Counter(n.op for n in ga.nodes), Counter(n.op for n in gb.nodes)
     delta = {op: cb[op] - ca[op] for op in set(ca) | set(cb) if cb[op] != ca[op]}
     res.op_delta = dict(sorted(delta.items(), key=lambda kv: (-abs(kv[1]), kv[0])))
 
-    pairs = _match_nodes(sa, sb, ignore_values, res.notes)
+    pairs = match_nodes(sa, sb, ignore_values, res.notes, _align)
     match = dict(pairs)
     res.matched = len(pairs)
     ident_b = {j: j for j in match.values()}
@@ -570,10 +603,15 @@ def _diff(ga: CanonGraph, gb: CanonGraph, ign: tuple[str, ...], atol: float) -> 
     if (ga.kind == "snapshot" or gb.kind == "snapshot") and not ignore_values:
         res.notes.append("initializer values compared by content hash only (a snapshot holds no values); "
                          "--atol does not apply")
+    if not res.identical:
+        res.summary = summarize(ga, gb, sa, sb, pairs, res)
     return res
 
 
-def _compare_model(ga: CanonGraph, gb: CanonGraph, res: DiffResult, with_metadata: bool) -> None:
+def _compare_model(ga: CanonGraph, gb: CanonGraph, res: DiffResult, with_metadata: bool,
+                   run_metadata: bool = False) -> None:
+    from exporter.stages.metadata import graph_identity
+
     if ga.ir_version is not None and gb.ir_version is not None and ga.ir_version != gb.ir_version:
         res.model.append({"field": "ir_version", "a": ga.ir_version, "b": gb.ir_version})
     for dom in sorted(set(ga.opsets) | set(gb.opsets)):
@@ -581,11 +619,12 @@ def _compare_model(ga: CanonGraph, gb: CanonGraph, res: DiffResult, with_metadat
         if oa != ob:
             res.model.append({"field": f"opset {dom}", "a": oa, "b": ob})
     if with_metadata:
-        for key in sorted(set(ga.metadata) | set(gb.metadata)):
-            va, vb = ga.metadata.get(key), gb.metadata.get(key)
+        ma, mb = graph_identity(ga.metadata, include_run=run_metadata), graph_identity(gb.metadata, include_run=run_metadata)
+        for key in sorted(set(ma) | set(mb)):
+            va, vb = ma.get(key), mb.get(key)
             if va != vb:
                 res.metadata.extend(_metadata_changes(key, va, vb))
-        if ga.producer and gb.producer and ga.producer != gb.producer:
+        if run_metadata and ga.producer and gb.producer and ga.producer != gb.producer:
             res.metadata.append({"field": "producer", "a": ga.producer, "b": gb.producer})
 
 
@@ -601,42 +640,6 @@ def _metadata_changes(key: str, va: str | None, vb: str | None) -> list[dict[str
     return [{"field": f"{key}.{k}", "a": json.dumps(ja.get(k)) if k in ja else None,
              "b": json.dumps(jb.get(k)) if k in jb else None}
             for k in sorted(set(ja) | set(jb)) if ja.get(k) != jb.get(k) or (k in ja) != (k in jb)]
-
-
-def _match_nodes(sa: _Side, sb: _Side, ignore_values: bool, notes: list[str]) -> list[tuple[int, int]]:
-    """Align the canonical node sequences: full signatures first, then op names inside the gaps."""
-    intern: dict[Any, int] = {}
-    attr_keys: dict[int, tuple] = {}  # rendered attribute dicts are shared between nodes: key by id
-
-    def sig(side: _Side, n: CNode) -> int:
-        attrs = attr_keys.get(id(n.attrs))
-        if attrs is None:
-            attrs = tuple((k, strip_hashes(v)) for k, v in n.attrs.items()) if ignore_values else tuple(n.attrs.items())
-            attr_keys[id(n.attrs)] = attrs
-        key = (n.op, attrs, tuple([t for _, _, t in side.data[n.index]]), tuple(n.output_types))
-        return intern.setdefault(key, len(intern))
-
-    na_, nb_ = sa.nodes, sb.nodes
-    exact = _align([sig(sa, n) for n in na_], [sig(sb, n) for n in nb_], notes)
-    pairs: list[tuple[int, int]] = []
-    prev_a = prev_b = -1
-    ops_id: dict[Any, int] = {}
-
-    def coarse(side: _Side, n: CNode) -> int:
-        # the op alone; a node without data inputs (Constant, ...) pairs only with one of its type
-        key = n.op if side.data[n.index] else (n.op, tuple(n.output_types))
-        return ops_id.setdefault(key, len(ops_id))
-
-    for ia, ib in [*exact, (len(na_), len(nb_))]:
-        if ia - prev_a > 1 and ib - prev_b > 1:
-            lo_a, lo_b = prev_a + 1, prev_b + 1
-            ops_a = [coarse(sa, n) for n in na_[lo_a:ia]]
-            ops_b = [coarse(sb, n) for n in nb_[lo_b:ib]]
-            pairs.extend((lo_a + x, lo_b + y) for x, y in _align(ops_a, ops_b, notes))
-        if ia < len(na_):
-            pairs.append((ia, ib))
-        prev_a, prev_b = ia, ib
-    return pairs
 
 
 def _node_entry(tag: str, side: _Side, n: CNode) -> dict[str, Any]:
