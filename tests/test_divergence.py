@@ -1,4 +1,4 @@
-"""A parity failure names the first layer whose output differs."""
+"""A parity failure names the first layer whose error stands out from its own fp32 noise."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from onnx import numpy_helper
 
 from exporter.api import export
-from exporter.divergence import layer_outputs
+from exporter.parity.divergence import layer_outputs
 from exporter.models import load_model
 from exporter.options import ExportOptions
 from exporter.parity import check_parity

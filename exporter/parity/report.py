@@ -198,9 +198,10 @@ class ParityReport:
                 label = _clip(c.input, 24)
                 for o in c.outputs:
                     if o.groups:
-                        for g in o.groups:
+                        for j, g in enumerate(o.groups):
+                            first = f"{o.max_abs:>9.2e}" if j == 0 else f"{'':>9}"
                             lines.append(f"  {p.requested:<8} {label:<24} {_clip(f'{o.name}[{g.name}]', 14):<14} "
-                                         f"{o.max_abs:>9.2e} {g.onnx_q:>10.2e} {g.torch_q:>10.2e} "
+                                         f"{first} {g.onnx_q:>10.2e} {g.torch_q:>10.2e} "
                                          f"{_times(g.ratio):>7} {_times(g.ratio_max):>9}  "
                                          f"{'pass' if g.passed else 'FAIL'}")
                     else:
@@ -238,7 +239,7 @@ def _provider_lines(p: ProviderParity) -> list[str]:
         if c.detections is not None:
             lines.append(f"  {p.requested} {_clip(c.input, 24)}: {c.detections.line()}")
     worst = [o for o in p.worst() if not o.passed and o.worst]
-    lines.extend(f"  {p.requested}: {o.name} worst at {o.worst}" for o in worst)
+    lines.extend(f"  {p.requested}: {o.name} FAIL at {o.worst}" for o in worst)
     if p.divergence:
         lines.append(f"  {p.requested}: {p.divergence}")
     return lines
