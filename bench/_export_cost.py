@@ -137,23 +137,29 @@ def _parity_round(src: Any, path: Path, proto: Any, shapes: list[tuple[int, ...]
     import torch
 
     from exporter.options import ExportOptions
-    from exporter.parity import compare, make_inputs, open_session, reference_model
+    from exporter.parity import compare_floor, fused_copy, make_inputs, open_session, reference_model
+    from exporter.parity.compare import whole
     from exporter.pipeline import Context
     from exporter.stages.parity import parity
 
     input_name = proto.graph.input[0].name
     parts: dict[str, float] = {}
     bare: dict[str, float] = {}
-    stage, _ = timed(lambda: parity(Context(options=ExportOptions(), source=src, onnx=proto)))
-    parts["reference copy"], ref = timed(lambda: reference_model(src.model, head="decode"))
+    opts = ExportOptions()
+    stage, _ = timed(lambda: parity(Context(options=opts, source=src, onnx=proto, model=fused_copy(src.model))))
+    parts["reference copies"], ref = timed(lambda: reference_model(src.model, head="decode"))
+    ref64 = ref.double()
+    ref = reference_model(src.model, head="decode")
     parts["inputs"], cases = timed(lambda: make_inputs(shapes, 1, 0, None))
     x = cases[0][1]
     with torch.no_grad():
         parts["torch forward"], expected = timed(lambda: _flat(ref(torch.from_numpy(x))))
+        parts["float64 forward"], truth = timed(lambda: _flat(ref64(torch.from_numpy(x).double())))
     parts["serialize"], data = timed(lambda: onnx.load_from_string(proto.SerializeToString()).SerializeToString())
     parts["ORT session"], (sess, _) = timed(lambda: open_session(data, "cpu"))
     parts["ORT run"], outs = timed(lambda: sess.run(None, {input_name: x}))
-    parts["compare"], _ = timed(lambda: [compare("o", e, o, 1e-3, 1e-3) for e, o in zip(expected, outs, strict=True)])
+    parts["compare"], _ = timed(lambda: [compare_floor("o", o, e, t, whole())
+                                         for e, o, t in zip(expected, outs, truth, strict=True)])
     parts["total"] = sum(parts.values())
 
     model = src.model  # already in eval mode: load_model returns it so

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -58,7 +59,7 @@ class Group:
         v = self.view(e)
         return v if self.scale is None else v / self.scale
 
-    def index(self, k: tuple[int, ...]) -> tuple[int, ...]:
+    def index(self, k: tuple[Any, ...]) -> tuple[int, ...]:
         """An index of the view -> the same element's index in the whole output."""
         k = tuple(int(i) for i in k)
         return k if self.cols is None else (*k[:-1], self.cols[0] + k[-1])
@@ -129,7 +130,7 @@ def _figures(name: str, out: np.ndarray, ref: np.ndarray) -> tuple[float, float,
     return _max(diff), max_rel, float(np.mean(diff)), cosine
 
 
-def _where(idx: tuple[int, ...], out: np.ndarray, ref: np.ndarray, against: str) -> str:
+def _where(idx: tuple[Any, ...], out: np.ndarray, ref: np.ndarray, against: str) -> str:
     return f"{list(map(int, idx))}: onnx {out[idx]:.6g} vs {against} {ref[idx]:.6g}"
 
 

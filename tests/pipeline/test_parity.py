@@ -15,7 +15,14 @@ import pytest
 import torch
 
 from exporter.errors import ConfigError, InputError, ParityError, first_line
-from exporter.parity import build_reference, check_parity, compare_floor, compare_tolerance, compare_with, open_session
+from exporter.parity import (
+    build_reference,
+    check_parity,
+    compare_floor,
+    compare_tolerance,
+    compare_with,
+    open_session,
+)
 from exporter.parity.compare import K_MAX, K_Q, QUANTILE, YoloLayout, whole, yolo_groups
 from exporter.parity.inputs import INPUT_SEED_OFFSET
 from tests.pipeline.conftest import Exported, TrainingExport, builtin, one_line_error, yexport
