@@ -20,7 +20,7 @@ class ExportOptions:
 
     keep_bn: bool | None = None  # None: fuse, except in training mode (which needs BN)
     training: bool = False
-    int_shapes: bool = False
+    int_shapes: bool | None = None  # None: on wherever it is correct (static, dynamic batch), off for dynamic all
     tidy: bool = True
     infer_shapes: bool = True
     simplify: bool = False
@@ -48,6 +48,11 @@ class ExportOptions:
     @property
     def bn_kept(self) -> bool:
         return self.training if self.keep_bn is None else self.keep_bn
+
+    @property
+    def use_int_shapes(self) -> bool:
+        """Read feature-map sizes as ints: exact whenever height and width are fixed in the file."""
+        return self.dynamic != "all" if self.int_shapes is None else self.int_shapes
 
     @property
     def capture_exporter(self) -> Literal["torchscript", "dynamo"]:
@@ -89,6 +94,7 @@ class ExportOptions:
     def describe(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["keep_bn"] = self.bn_kept
+        d["int_shapes"] = self.use_int_shapes
         d["exporter"] = self.capture_exporter
         d["img"] = list(self.img)
         d["providers"] = list(self.providers)
@@ -104,7 +110,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "fused": {"keep_bn": False},
     "keep-bn": {"keep_bn": True},
     "training": {"training": True},
-    "int-shapes": {"int_shapes": True},
+    "int-shapes": {"int_shapes": True},  # the default wherever it is allowed; refused with dynamic-all
+    "no-int-shapes": {"int_shapes": False},
     "simplify": {"simplify": True},
     "dynamic": {"dynamic": "batch"},
     "dynamic-all": {"dynamic": "all"},

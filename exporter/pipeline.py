@@ -11,10 +11,17 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from exporter.errors import StageError, YexportError
 from exporter.options import ExportOptions
+
+if TYPE_CHECKING:
+    import torch
+    from onnx import ModelProto
+
+    from exporter.models import LoadedModel
+    from exporter.parity import ParityReport
 
 
 @dataclass(frozen=True)
@@ -22,13 +29,15 @@ class Context:
     """What flows through the stages. Stages return a new context (``ctx.replace(...)``)."""
 
     options: ExportOptions
-    source: Any  # exporter.models.LoadedModel: the caller's model, never modified
-    model: Any = None  # the prepared private copy that is captured
-    example: Any = None  # example input tensor
-    onnx: Any = None  # onnx.ModelProto
-    unsimplified: Any = None  # the graph before --simplify, for parity before and after
-    parity: Any = None  # exporter.parity.ParityReport of the final graph
-    parity_unsimplified: Any = None
+    source: LoadedModel  # the caller's model, never modified
+    model: torch.nn.Module | None = None  # the prepared private copy that is captured (prepare)
+    example: torch.Tensor | None = None  # example input tensor (prepare)
+    bn_expected: int | None = None  # BatchNormalization nodes the graph must have (prepare; checker) ...
+    bn_may_fold: int = 0  # ... of which the exporter may still fold this many (prepare could not see their input)
+    onnx: ModelProto | None = None  # the graph (capture and later)
+    unsimplified: ModelProto | None = None  # the graph before --simplify, for parity before and after
+    parity: ParityReport | None = None  # of the final graph
+    parity_unsimplified: ParityReport | None = None
     change: str = ""  # what the current stage did (moved into its record by the pipeline)
     failure: str = ""  # a stage that failed without stopping the export (e.g. simplify) says why
     records: tuple[StageRecord, ...] = ()
@@ -67,7 +76,7 @@ class Stage:
     numerics: Callable[[ExportOptions], str] = field(default=lambda o: "none")
 
 
-def op_counts(model: Any) -> Counter[str]:
+def op_counts(model: ModelProto | None) -> Counter[str]:
     return Counter(n.op_type for n in model.graph.node) if model is not None else Counter()
 
 

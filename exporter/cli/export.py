@@ -50,9 +50,10 @@ def summary_table(results: list[Any]) -> str:
 @click.option("--training-mode", "training", is_flag=True, default=False,
               help="Export with TrainingMode.TRAINING: BatchNorm uses batch statistics (not an inference "
                    "graph); parity is checked against a train-mode forward on a copy.")
-@click.option("--int-shapes", is_flag=True, default=False,
-              help="Read feature-map sizes as Python ints: no Shape/Gather chains; sizes are baked in "
-                   "(allowed with --dynamic batch, refused with --dynamic all).")
+@click.option("--int-shapes/--no-int-shapes", default=None,
+              help="Read feature-map sizes as Python ints: no Shape/Gather chains, sizes baked in. Default: on "
+                   "where exact (static, --dynamic batch), off with --dynamic all (where --int-shapes is "
+                   "refused); --no-int-shapes keeps the traced shape arithmetic.")
 @click.option("--tidy/--no-tidy", default=True, show_default=True,
               help="Constant folding and clean-up of the captured graph (BatchNorm kept with --keep-bn).")
 @click.option("--infer-shapes/--no-infer-shapes", default=True, show_default=True,

@@ -1,14 +1,28 @@
-"""prepare: a private copy of the model, set up as the options say (the caller's model is never touched)."""
+"""prepare: a private copy of the model, set up as the options say (the caller's model is never touched).
+
+With fusion on, every BatchNorm2d that directly follows a Conv2d is folded into it: the model's own
+``fuse()`` first (YOLOv5's ``Conv``), then, for any BatchNorm2d left, a look at its parent module's
+forward (torch.fx, children as leaves): ``conv -> bn`` folds into the conv, ``cat(conv, conv, ...) -> bn``
+(BottleneckCSP) folds slice by slice into those convs. A BatchNorm2d that follows anything else (a
+ReLU, an add) is kept and declared: ``ctx.bn_expected`` is the number of BatchNormalization nodes the
+checker then requires, so prepare and checker cannot disagree.
+"""
 
 from __future__ import annotations
 
 from copy import deepcopy
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from exporter.errors import ConfigError
 from exporter.pipeline import Context
 
+if TYPE_CHECKING:
+    import torch
+    from torch import fx, nn
 
-def resolve_device(name: str):
+
+def resolve_device(name: str) -> torch.device:
     """torch.device for ``cpu`` / ``cuda`` / ``cuda:N``, refusing CUDA where torch cannot use it."""
     import torch
 
@@ -21,6 +35,139 @@ def resolve_device(name: str):
     if dev.type not in ("cpu", "cuda"):
         raise ConfigError(f"--device {name!r}: use cpu, cuda or cuda:N")
     return dev
+
+
+# ------------------------------------------------------------------------------ BatchNorm folding
+
+
+def _set_module(root: nn.Module, qualname: str, new: nn.Module) -> None:
+    parent, _, leaf = qualname.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, leaf, new)
+
+
+def _trace_children_as_leaves(parent: nn.Module) -> fx.Graph | None:
+    """The graph of ``parent.forward`` with every submodule a leaf call, or None when it cannot be traced."""
+    from torch import fx
+
+    class Leaves(fx.Tracer):
+        def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+            return True
+
+    try:
+        return Leaves().trace(parent)
+    except Exception:  # noqa: BLE001 - fx raises many kinds; untraceable means "not folded"
+        return None
+
+
+def _bn_slice(bn: nn.BatchNorm2d, start: int, stop: int) -> nn.BatchNorm2d:
+    from torch import nn
+
+    part = nn.BatchNorm2d(stop - start, eps=bn.eps).to(bn.weight.device)
+    assert bn.running_mean is not None and bn.running_var is not None
+    part.load_state_dict({"weight": bn.weight[start:stop], "bias": bn.bias[start:stop],
+                          "running_mean": bn.running_mean[start:stop], "running_var": bn.running_var[start:stop],
+                          "num_batches_tracked": bn.num_batches_tracked}, strict=True)
+    return part.eval()
+
+
+@dataclass
+class BatchNormFold:
+    """What the fold of leftover BatchNorm2d did: how many folded, why each other one stays, and how many
+    are never called (so never in the graph)."""
+
+    folded: int = 0  # conv -> bn
+    sliced: int = 0  # cat(conv, ...) -> bn
+    kept: list[str] = field(default_factory=list)
+    unseen: int = 0  # kept because the parent's forward cannot be traced: the exporter may fold them
+    uncalled: int = 0
+
+
+def _sole_conv(parent: nn.Module, calls: dict[str, list[fx.Node]], uses: dict[int, int], node: object,
+               user: fx.Node) -> str | None:
+    """The target of ``node`` when it calls a plain Conv2d called only there, whose output only ``user`` reads."""
+    from torch import fx, nn
+
+    if not (isinstance(node, fx.Node) and node.op == "call_module" and set(node.users) == {user}):
+        return None
+    target = str(node.target)
+    m = parent.get_submodule(target)
+    return target if type(m) is nn.Conv2d and len(calls[target]) == 1 and uses[id(m)] == 1 else None
+
+
+def _fold_in(parent: nn.Module, prefix: str, uses: dict[int, int], out: BatchNormFold) -> None:
+    """Fold the BatchNorm2d children of ``parent`` that follow a conv (or a Concat of convs) in its forward."""
+    import torch
+    from torch import fx, nn
+
+    from exporter.models.fuse import fuse_conv_bn
+
+    bns = sorted(n for n, m in parent.named_children() if isinstance(m, nn.BatchNorm2d))
+    graph = _trace_children_as_leaves(parent)
+    if graph is None:
+        out.kept += [f"{prefix}{b} (its parent's forward cannot be traced)" for b in bns]
+        out.unseen += len(bns)
+        return
+    calls: dict[str, list[fx.Node]] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls.setdefault(str(node.target), []).append(node)
+    for b in bns:
+        bn = parent.get_submodule(b)
+        nodes = calls.get(b, [])
+        if not nodes:
+            out.uncalled += 1
+            continue
+        if type(bn) is not nn.BatchNorm2d or len(nodes) != 1 or uses[id(bn)] != 1 or bn.running_mean is None:
+            out.kept.append(f"{prefix}{b} (not a plain BatchNorm2d called once with running statistics)")
+            continue
+        (node,) = nodes
+        src = node.args[0] if node.args else None
+        convs: list[str] = []
+        if isinstance(src, fx.Node) and src.op == "call_module":
+            convs = [c] if (c := _sole_conv(parent, calls, uses, src, node)) else []
+            kind = type(parent.get_submodule(str(src.target))).__name__
+            why = (f"after {src.target}, a {kind} shared or read elsewhere" if kind == "Conv2d"
+                   else f"after {src.target} ({kind}), not a Conv")
+        elif isinstance(src, fx.Node) and src.op == "call_function" and src.target is torch.cat:
+            parts = src.args[0] if src.args else ()
+            dim = src.args[1] if len(src.args) > 1 else src.kwargs.get("dim", 0)
+            found = [_sole_conv(parent, calls, uses, p, src) for p in parts] if isinstance(parts, (list, tuple)) else []
+            if dim == 1 and set(src.users) == {node} and found and all(found):
+                convs = [c for c in found if c]
+            why = "after a Concat that is not one of convs read only by it"
+        else:
+            why = f"after {getattr(src, 'name', src)}, not a Conv"
+        mods = [m for c in convs if isinstance(m := parent.get_submodule(c), nn.Conv2d)]
+        if not convs or sum(m.out_channels for m in mods) != bn.num_features:
+            out.kept.append(f"{prefix}{b} ({why})")
+            continue
+        start = 0
+        for c, m in zip(convs, mods, strict=True):  # the channels of a Concat are its inputs', in order
+            _set_module(parent, c, fuse_conv_bn(m, _bn_slice(bn, start, start + m.out_channels)))
+            start += m.out_channels
+        _set_module(parent, b, nn.Identity())
+        if len(convs) == 1 and isinstance(src, fx.Node) and src.op == "call_module":
+            out.folded += 1
+        else:
+            out.sliced += 1
+
+
+def fold_leftover_batchnorms(model: nn.Module) -> BatchNormFold:
+    """Fold the BatchNorm2d modules ``model.fuse()`` left (in place), where the parent's forward shows
+    that they follow a conv or a Concat of convs."""
+    from torch import nn
+
+    uses: dict[int, int] = {}
+    for _, m in model.named_modules(remove_duplicate=False):
+        uses[id(m)] = uses.get(id(m), 0) + 1
+    out = BatchNormFold()
+    parents = {name.rpartition(".")[0] for name, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
+    for pname in sorted(parents):
+        _fold_in(model.get_submodule(pname), f"{pname}." if pname else "", uses, out)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ stage
 
 
 def prepare(ctx: Context) -> Context:
@@ -41,28 +188,46 @@ def prepare(ctx: Context) -> Context:
     det = getattr(model, "model", [None])[-1] if hasattr(model, "model") else None
     if isinstance(det, Detect):
         det.output = o.head
-        # a static export bakes every size anyway; reading them as ints keeps shape arithmetic out of the trace
-        det.int_shapes = o.int_shapes or o.dynamic is None
-        changes.append(f"Detect output={o.head}" + (", int shapes (sizes baked, batch -1)" if o.int_shapes else ""))
+        det.int_shapes = o.use_int_shapes
+        changes.append(f"Detect output={o.head}" + (", int shapes (sizes baked, batch -1)" if o.use_int_shapes else ""))
     if o.training:
         model.train()
         changes.append("train mode (BatchNorm uses batch statistics)")
     else:
         model.eval()
+
+    def n_bn() -> int:
+        return sum(1 for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+
+    fold = BatchNormFold()
     if o.fuse_bn:
-        n = sum(1 for m in model.modules() if isinstance(m, nn.BatchNorm2d))
-        if hasattr(model, "fuse"):
-            model.fuse()
-        left = sum(1 for m in model.modules() if isinstance(m, nn.BatchNorm2d))
-        changes.append(f"fused {n - left} Conv+BN pairs" + (f" ({left} BatchNorm2d not after a Conv kept)" if left else ""))
+        n = n_bn()
+        fuse = getattr(model, "fuse", None)  # YOLOv5's Model.fuse: every Conv's BatchNorm
+        if callable(fuse):
+            fuse()
+        fused = n - n_bn()
+        fold = fold_leftover_batchnorms(model)
+        changes.append(f"fused {fused + fold.folded} Conv+BN pairs")
+        if fold.sliced:
+            changes.append(f"folded {fold.sliced} BatchNorm2d after a Concat of convs into those convs (by slices)")
+        if fold.kept:
+            changes.append(f"kept {len(fold.kept)} BatchNorm2d not foldable here: {', '.join(fold.kept[:3])}"
+                           + (f" and {len(fold.kept) - 3} more" if len(fold.kept) > 3 else ""))
     for p in model.parameters():
         p.requires_grad_(False)
     h, w = o.img
     example = synthetic_images(o.batch, (h, w), o.seed).to(dev)
-    ctx = ctx.replace(model=model, example=example, change="; ".join(changes) or "copied")
-    if o.int_shapes:
-        ctx = ctx.note(f"int shapes: feature-map sizes for {h}x{w} are constants in the graph; the file is "
-                       "valid only at that size" + (" (batch stays dynamic)" if o.dynamic == "batch" else ""))
+    ctx = ctx.replace(model=model, example=example, bn_expected=n_bn() - fold.uncalled,
+                      bn_may_fold=fold.unseen,
+                      change="; ".join(changes) or "copied")
+    if fold.kept:
+        ctx = ctx.note(f"BatchNorm fusion: {len(fold.kept)} BatchNorm2d could not be folded into a conv (prepare's "
+                       "record says why each); they stay as BatchNormalization(training_mode=0) in the graph"
+                       + (f" (the exporter may still fold {fold.unseen} whose input prepare could not see)"
+                          if fold.unseen else ""))
+    if o.use_int_shapes and o.dynamic == "batch":
+        ctx = ctx.note(f"int shapes: feature-map sizes for {h}x{w} are constants in the graph; the batch stays "
+                       "dynamic (--no-int-shapes keeps the traced shape arithmetic)")
     if o.training:
         ctx = ctx.note("training mode: BatchNormalization uses batch statistics (training_mode=1); this is not "
                        "an inference graph, and its outputs depend on the whole batch")

@@ -44,13 +44,24 @@ def test_validate_allows_int_shapes_with_dynamic_batch() -> None:
     assert o.validate() is o
 
 
+@pytest.mark.parametrize(("int_shapes", "dynamic", "used"), [
+    (None, None, True), (None, "batch", True), (None, "all", False),  # auto: on wherever it is exact
+    (False, None, False), (False, "batch", False), (False, "all", False),
+    (True, None, True), (True, "batch", True),
+])
+def test_int_shapes_auto_explicit_and_described(int_shapes: bool | None, dynamic: str | None, used: bool) -> None:
+    o = ExportOptions(int_shapes=int_shapes, dynamic=dynamic).validate()  # type: ignore[arg-type]
+    assert o.use_int_shapes is used and o.describe()["int_shapes"] is used
+
+
 def test_variants_combine_with_plus() -> None:
     base = ExportOptions(img=(320, 320))
     o = variant_options(base, "keep-bn+simplify+dynamic")
     assert (o.keep_bn, o.simplify, o.dynamic, o.img) == (True, True, "batch", (320, 320))
     assert variant_options(base, "fused").fuse_bn
-    assert set(VARIANTS) >= {"fused", "keep-bn", "training", "int-shapes", "simplify", "dynamic", "dynamic-all",
-                             "raw", "dynamo"}
+    assert set(VARIANTS) >= {"fused", "keep-bn", "training", "int-shapes", "no-int-shapes", "simplify", "dynamic",
+                             "dynamic-all", "raw", "dynamo"}
+    assert variant_options(base, "dynamic+no-int-shapes").use_int_shapes is False
     with pytest.raises(ConfigError, match="unknown variant 'keepbn'"):
         variant_options(base, "keep-bn+keepbn")
 
