@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
 
 F = Callable[..., Any]
+MAX_IMG = 8192  # the largest --img side: beyond it one input tensor alone is gigabytes
+
+
+def _trust_from_command_line(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    """--trust-checkpoint runs code from the file: it counts only when typed. A YEXPORT_* variable
+    that would turn it on is refused rather than silently ignored."""
+    if not value:
+        names = sorted(k for k, v in os.environ.items()
+                       if k.startswith("YEXPORT_") and k.endswith("TRUST_CHECKPOINT") and v.strip())
+        if names:
+            from exporter.errors import ConfigError
+
+            raise ConfigError(f"{names[0]} is set, but full unpickling (which runs code from the file) is only "
+                              "turned on by typing --trust-checkpoint on the command line; unset the variable")
+    return value
 
 
 def model_options(f: F) -> F:
@@ -18,7 +36,8 @@ def model_options(f: F) -> F:
         click.option("--nc", type=click.IntRange(min=1), default=None, help="Override the number of classes."),
         click.option("--seed", type=int, default=0, show_default=True,
                      help="Seed of the synthetic weights given to models built from a config."),
-        click.option("--trust-checkpoint", is_flag=True, default=False,
+        click.option("--trust-checkpoint", is_flag=True, default=False, allow_from_autoenv=False,
+                     callback=_trust_from_command_line,
                      help="Fully unpickle the checkpoint (runs any code it names). Only for files you trust."),
     ]):
         f = opt(f)
@@ -47,6 +66,8 @@ class ImageSize(click.ParamType):
             self.fail(f"{value!r} is not a size: give H or H,W (e.g. 640 or 640,480)", param, ctx)
         if len(sizes) not in (1, 2) or min(sizes) < 32:
             self.fail(f"{value!r}: give one or two sizes of at least 32 (H or H,W)", param, ctx)
+        if max(sizes) > MAX_IMG:
+            self.fail(f"{value!r}: sizes are at most {MAX_IMG}", param, ctx)
         return (sizes[0], sizes[-1])
 
 
@@ -54,8 +75,11 @@ IMG = ImageSize()
 
 
 def split_list(value: str | None) -> tuple[str, ...]:
-    """'cpu,cuda' -> ('cpu', 'cuda')."""
-    return tuple(v.strip() for v in (value or "").split(",") if v.strip())
+    """'cpu,cuda' -> ('cpu', 'cuda'); an empty value is (), a list of nothing (',') is refused."""
+    items = tuple(v.strip() for v in (value or "").split(",") if v.strip())
+    if not items and value and value.strip():
+        raise click.BadParameter(f"{value!r} is an empty list: give comma-separated names, e.g. cpu,cuda")
+    return items
 
 
 def parse_atol(values: tuple[str, ...], default: float) -> tuple[float, dict[str, float]]:
@@ -68,6 +92,8 @@ def parse_atol(values: tuple[str, ...], default: float) -> tuple[float, dict[str
             x = float(num)
         except ValueError:
             raise click.BadParameter(f"{v!r}: give a number or OUTPUT=NUMBER", param_hint="--atol") from None
+        if not math.isfinite(x):
+            raise click.BadParameter(f"{v!r}: a tolerance must be a finite number", param_hint="--atol")
         if x < 0:
             raise click.BadParameter(f"{v!r}: tolerances cannot be negative", param_hint="--atol")
         if name:
@@ -113,4 +139,40 @@ def load_config_defaults(ctx: click.Context, param: click.Parameter, value: str 
                 if flag.startswith("--"):
                     aliases[flag[2:].replace("-", "_")] = p.name
     data = load_config(value, known=set(aliases))
-    ctx.default_map = {**(ctx.default_map or {}), **{aliases[k]: v for k, v in data.items()}}
+    if any(aliases[k] == "trust_checkpoint" for k in data):
+        from exporter.errors import ConfigError
+
+        raise ConfigError(f"{value}: trust-checkpoint cannot be set in a config file: full unpickling (which runs "
+                          "code from the checkpoint) is only turned on by typing --trust-checkpoint")
+    params = {p.name: p for p in ctx.command.params}
+    defaults: dict[str, Any] = {}
+    for k, v in data.items():
+        p = params[aliases[k]]
+        if isinstance(v, list) and not p.multiple and p.nargs == 1:  # providers: [cpu, cuda] -> "cpu,cuda"
+            v = ",".join(str(x) for x in v)
+        defaults[aliases[k]] = v
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+
+
+def preflight_export(model: str, out_dir: str, name: str | None, variants: list[str], device: str,
+                     images: str | None, cfg: str | None = None) -> None:
+    """What ``yexport export`` checks before loading the model: no output file replaces an input, the
+    output folder is writable, ``--name`` is a plain file stem, ``--images`` is a folder with images,
+    and ``--device`` is usable."""
+    from exporter.errors import ConfigError, InputError
+    from exporter.models.zoo import builtin_path
+    from exporter.paths import check_export_outputs
+
+    if name is not None and (not name or os.sep in name or name in (".", "..") or "\0" in name):
+        raise ConfigError(f"--name {name!r}: give a file name stem without folders (the folder is -o)")
+    src = builtin_path(model) or Path(model)
+    check_export_outputs(out_dir, name or src.stem, variants, inputs=[src, cfg])
+    if images is not None:
+        d = Path(images)
+        if not d.is_dir():
+            raise InputError(f"--images {d}: not a folder of JPEG/PNG images")
+        if not any(p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".webp") for p in d.iterdir()):
+            raise InputError(f"--images {d}: no .jpg/.png images found")
+    from exporter.stages.prepare import resolve_device
+
+    resolve_device(device)

@@ -14,6 +14,7 @@ from exporter.cli._options import (
     model_options,
     parity_options,
     parse_atol,
+    preflight_export,
     split_list,
 )
 
@@ -108,6 +109,7 @@ def export(model: str, out_dir: str, name: str | None, variants: str | None, kee
         click.echo(json.dumps([json.loads(r.manifest_path.read_text()) for r in results if r.manifest_path], indent=2))
     else:
         click.echo(summary_table(results))
+    preflight_export(model, out_dir, name, names, device, images, cfg)  # before ~20 s of work
         for r in results:
             for note in r.notes:
                 click.echo(f"note ({r.path.name}): {note}")

@@ -26,6 +26,9 @@ def graph(file: Path, out: Path | None, collapse: str | None, highlight: Path | 
 
     Needs Graphviz's 'dot' (Debian package 'graphviz') except for .dot output.
     """
+    from exporter.paths import check_output_file
+
+    check_output_file(out, file, highlight)  # never onto an input; a writable folder, before any work
     from exporter.graph.graphviz import build_dot, default_output, find_dot, write_dot
     from exporter.graph.load import load_onnx
 

@@ -339,26 +339,10 @@ def _tensor_chunks(tensor: Any, base_dir: str | None):
     """Yield a tensor's content as canonical little-endian bytes, in chunks for external data."""
     if tensor is None:
         raise InputError("initializer values are not available (a snapshot holds hashes only)")
-    if tensor.data_location == 1:
-        info = _external_info(tensor)
-        loc = info.get("location", "")
-        path = Path(base_dir or ".") / loc
-        offset = int(info.get("offset", 0) or 0)
-        length = int(info["length"]) if info.get("length") else None
-        try:
-            with open(path, "rb") as fh:
-                fh.seek(offset)
-                remaining = length
-                while remaining is None or remaining > 0:
-                    chunk = fh.read(_CHUNK if remaining is None else min(_CHUNK, remaining))
-                    if not chunk:
-                        break
-                    if remaining is not None:
-                        remaining -= len(chunk)
-                    yield chunk
-        except OSError as exc:
-            raise InputError(f"external data of initializer {tensor.name!r} unreadable: {loc}: "
-                             f"{exc.strerror or exc}") from None
+    if tensor.data_location == 1:  # checked (inside the model's folder, size fits) and streamed
+        from exporter.graph.load import iter_external
+
+        yield from iter_external(tensor, base_dir, _CHUNK)
         return
     if tensor.HasField("raw_data"):
         yield tensor.raw_data

@@ -20,6 +20,7 @@ import difflib
 import functools
 import json
 import os
+import stat
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,12 +176,12 @@ class DiffResult:
         out = [f"### ONNX graph diff: **{verdict}**", ""]
         if self.summary and not self.identical:
             out += [f"- {_md(s.strip())}" for s in self.summary] + [""]
-        out += [f"A: `{self.a.get('path') or '<model>'}` ({self.a['kind']}, {self.a['nodes']} nodes)  ",
-                f"B: `{self.b.get('path') or '<model>'}` ({self.b['kind']}, {self.b['nodes']} nodes)", ""]
+        out += [f"A: {_md_code(self.a.get('path') or '<model>')} ({self.a['kind']}, {self.a['nodes']} nodes)  ",
+                f"B: {_md_code(self.b.get('path') or '<model>')} ({self.b['kind']}, {self.b['nodes']} nodes)", ""]
         if self.ignore:
             out += [f"Ignoring: {', '.join(self.ignore)}", ""]
         if self.identical:
-            out += [f"> {n}" for n in self.notes]
+            out += [f"> {_md(n)}" for n in self.notes]
             return "\n".join(out).rstrip() + "\n"
         out += [f"**Structure:** {_md(self.structure_summary())}  ", f"**Initializers:** {_md(self.init_summary())}", ""]
         if self.op_delta:
@@ -230,7 +231,7 @@ class DiffResult:
         elif self.initializers:
             details(f"{len(self.initializers)} initializer changes", ["| change |", "|---|"],
                     [f"| {_md(_init_line(c))} |" for c in self.initializers])
-        out += [f"> {n}" for n in self.notes]
+        out += [f"> {_md(n)}" for n in self.notes]
         return "\n".join(out).rstrip() + "\n"
 
     def render(self, fmt: str = "text") -> str:
@@ -249,8 +250,26 @@ def _v(x: Any) -> str:
     return "(none)" if x is None else str(x)
 
 
+# what a pull-request comment would read as HTML, markup, a link, an image or a mention
+_MD_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "\\": "\\\\", "|": "\\|", "`": "\\`",
+                             "*": "\\*", "_": "\\_", "[": "\\[", "]": "\\]", "~": "\\~", "!": "\\!",
+                             "@": "&#64;", "#": "&#35;", "\n": " ", "\r": " ", "\0": " "})
+
+
 def _md(s: str) -> str:
-    return str(s).replace("|", "\\|").replace("\n", " ")
+    """Text safe inside a markdown table cell: no raw HTML, markup, links or mentions survive."""
+    return str(s).translate(_MD_ESCAPES)
+
+
+def _md_code(s: str) -> str:
+    """A code span (never read as HTML or markup), fenced past any run of backticks in ``s``."""
+    s = " ".join(str(s).replace("\0", " ").splitlines())
+    run = longest = 0
+    for ch in s:
+        run = run + 1 if ch == "`" else 0
+        longest = max(longest, run)
+    pad = " " if s.startswith("`") or s.endswith("`") else ""
+    return f"{'`' * (longest + 1)}{pad}{s}{pad}{'`' * (longest + 1)}"
 
 
 def _label(e: dict[str, Any]) -> str:
@@ -760,7 +779,7 @@ def _same_bytes(a: Any, b: Any) -> bool:
         return False
     try:
         sa, sb = os.stat(a), os.stat(b)
-        if sa.st_size != sb.st_size:
+        if sa.st_size != sb.st_size or not (stat.S_ISREG(sa.st_mode) and stat.S_ISREG(sb.st_mode)):
             return False
         with open(a, "rb") as fa, open(b, "rb") as fb:
             while True:
@@ -783,9 +802,13 @@ def _compare_init(ia: Any, ib: Any, ignore_values: bool, atol: float) -> dict[st
     if ignore_values:
         return None
     if ia.tensor is not None and ib.tensor is not None:
-        da, db = ia.data(), ib.data()
-        if da == db:
+        if ia.digest() == ib.digest():  # streamed in chunks: equal content never loads a tensor
             return None
+        if ia.external or ib.external:
+            from exporter.graph.load import compare_streamed
+
+            return compare_streamed(ia, ib, atol)
+        da, db = ia.data(), ib.data()
         try:
             import numpy as np
 

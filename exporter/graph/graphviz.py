@@ -135,14 +135,17 @@ def _prepare(model: Any) -> _Graph:
     import onnx
     from onnx import numpy_helper
 
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+    from exporter.graph.load import infer_shapes
+
+    g = model.graph
+    declared = {vi.name for vi in g.input}
+    try:  # on a weight-free copy, data propagation only where it cannot blow up memory
+        ig = infer_shapes(model, data_prop=True).graph
     except Exception:  # shape inference is a help, not a requirement
-        inferred = model
-    g = inferred.graph
+        ig = g
     nodes = list(g.node)
     shapes: dict[str, str] = {}
-    for vi in list(g.input) + list(g.value_info) + list(g.output):
+    for vi in [v for v in ig.input if v.name in declared] + list(ig.value_info) + list(ig.output):
         text = _dims_text(vi.type)
         if text is not None:
             shapes[vi.name] = text
@@ -186,7 +189,7 @@ def _prepare(model: Any) -> _Graph:
                 consumers[x].append(i)
     inputs = [vi.name for vi in g.input if vi.name not in init_dims]
     outputs = [vi.name for vi in g.output]
-    return _Graph(inferred, nodes, live, shapes, producer, dict(consumers), constant, init_dims, values, inputs, outputs)
+    return _Graph(model, nodes, live, shapes, producer, dict(consumers), constant, init_dims, values, inputs, outputs)
 
 
 def _attrs(node: Any) -> dict[str, Any]:
@@ -456,8 +459,13 @@ def _diff(this: _Graph, other: _Graph) -> _Diff:
 # DOT text
 
 
+_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
+
+
 def _q(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    """A DOT quoted string; control characters (a NUL breaks ``dot``) are shown as ``\\xNN``."""
+    text = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return '"' + _CONTROL.sub(lambda m: f"\\\\x{ord(m.group()):02x}", text) + '"'
 
 
 def _attr_text(attrs: Mapping[str, str]) -> str:

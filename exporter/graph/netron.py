@@ -1,12 +1,15 @@
 """Serve an ONNX file with Netron on this machine (loopback unless told otherwise).
 
-Netron's Python server serves its viewer at ``/`` and the model file itself at ``/data/<file name>``
-(files next to it, such as external weights, at ``/data/<their name>``).
+Netron's Python server serves its viewer at ``/`` and, left alone, every file of the model's folder
+at ``/data/<name>``. Here each server gets its own request handler that serves only the model file
+and the external-data files it names (checked by :func:`exporter.graph.load.load_onnx`), streamed,
+and answers only requests whose ``Host`` header names this server (no DNS rebinding).
 """
 
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import os
 import signal
@@ -14,12 +17,15 @@ import socket
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 
 from exporter.errors import ConfigError, MissingDependency
 
 DEFAULT_HOST = "127.0.0.1"
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+_START_LOCK = threading.Lock()
 
 
 def has_display() -> bool:
@@ -44,19 +50,138 @@ def _free_port(host: str) -> int:
         return sock.getsockname()[1]
 
 
-def _quiet_start(netron, path: str, address: tuple[str, int]) -> tuple[str, int]:
-    """``netron.start`` without its side effects on logging: it calls ``logging.basicConfig`` when
-    the root logger has no handler and logs every start and stop at INFO."""
+def _quiet_start(netron, path: str, address: tuple[str, int], handler: type) -> tuple[str, int]:
+    """``netron.start`` with ``handler`` as the server's request handler, and without netron's side
+    effects on logging (``logging.basicConfig`` when the root logger has no handler, INFO lines)."""
+    from netron import server as netron_server
+
     root = logging.getLogger()
     guard = None
     if not root.hasHandlers():
         guard = logging.NullHandler()
         root.addHandler(guard)
+    with _START_LOCK:  # the server is built with the module's handler class: swap it for this start
+        original = netron_server._HTTPRequestHandler
+        netron_server._HTTPRequestHandler = handler
+        try:
+            return tuple(netron.start(path, address=address, browse=False))  # type: ignore[return-value]
+        finally:
+            netron_server._HTTPRequestHandler = original
+            if guard is not None:
+                root.removeHandler(guard)
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
     try:
-        return tuple(netron.start(path, address=address, browse=False))  # type: ignore[return-value]
-    finally:
-        if guard is not None:
-            root.removeHandler(guard)
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def allowed_hosts(host: str) -> Callable[[str], bool]:
+    """Which ``Host`` header values a server bound to ``host`` answers: its own address, loopback
+    names, and for a wildcard or network address also this machine's names and IP literals (a
+    DNS-rebinding page always sends a name of its own, never one of these)."""
+    names = {h.lower() for h in (host, *LOOPBACK_NAMES)}
+    network = not is_loopback(host)
+    if network:
+        names |= {socket.gethostname().lower(), socket.getfqdn().lower()}
+
+    def ok(value: str) -> bool:
+        name = value.strip().lower()
+        if name.startswith("["):
+            name = name[1:].partition("]")[0]
+        elif name.count(":") == 1:
+            name = name.partition(":")[0]
+        name = name.rstrip(".")
+        if name in names:
+            return True
+        try:
+            ip = ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return network or ip.is_loopback
+
+    return ok
+
+
+def _model_files(p: Path, model) -> dict[str, Path]:
+    """URL name -> file for the model and the external-data files it names (checked, existing)."""
+    from exporter.graph.load import check_tensor, iter_tensors, model_dir
+
+    files = {p.name: p.resolve()}
+    base = model_dir(p)
+    for where, tensor in iter_tensors(model):
+        ref = check_tensor(tensor, base, where=f"{p}: {where}")
+        if ref is not None and ref.exists:
+            files[ref.location] = ref.path
+            files[Path(ref.location).as_posix()] = ref.path
+    return files
+
+
+def _handler(files: dict[str, Path], host_ok: Callable[[str], bool]) -> type:
+    """A Netron request handler class that serves only ``files`` under ``/data/``."""
+    from netron import server as netron_server
+
+    base = netron_server._HTTPRequestHandler
+
+    class ModelOnlyHandler(base):  # type: ignore[misc, valid-type]
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            if not host_ok(self.headers.get("Host") or ""):
+                self._refuse(403, b"403: this server only answers requests for its own address")
+                return
+            path = urllib.parse.urlparse(self.path).path
+            if not path.startswith("/data/"):
+                super().do_GET()  # the viewer's own files, from netron's package folder
+                return
+            target = files.get(urllib.parse.unquote(path[len("/data/"):]))
+            if target is None:
+                self._refuse(404, b"404")
+                return
+            self._send_file(target)
+
+        def _refuse(self, code: int, body: bytes) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        def _send_file(self, target: Path) -> None:
+            import stat
+
+            try:
+                fh = open(target, "rb")
+            except OSError:
+                self._refuse(404, b"404")
+                return
+            with fh:
+                st = os.fstat(fh.fileno())
+                if not stat.S_ISREG(st.st_mode):
+                    self._refuse(404, b"404")
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(st.st_size))
+                self.end_headers()
+                if self.command == "HEAD":
+                    return
+                while block := fh.read(1 << 20):
+                    self.wfile.write(block)
+
+    return ModelOnlyHandler
+
+
+def _uses(address: tuple[str, int], handler: type) -> bool:
+    """Whether every server thread at ``address`` answers with ``handler``."""
+    from netron import server as netron_server
+
+    threads = netron_server._threads(address)
+    return bool(threads) and all(getattr(getattr(t, "server", None), "RequestHandlerClass", None) is handler
+                                 for t in threads)
 
 
 def _silence_disconnects(address: tuple[str, int]) -> None:
@@ -138,8 +263,15 @@ def serve(path: str | Path, host: str = DEFAULT_HOST, port: int | None = None, b
     from exporter.graph.load import load_onnx
 
     p = Path(path)
-    load_onnx(p)  # one-line InputError for a missing or broken file, before anything is served
+    model = load_onnx(p)  # one-line InputError for a missing, broken or hostile file
+    files = _model_files(p, model)
+    del model
     netron = _netron()
+    try:
+        handler = _handler(files, allowed_hosts(host))
+    except (ImportError, AttributeError):
+        raise MissingDependency("this netron version cannot be limited to the model's files: "
+                                "pip install 'netron>=8'") from None
     if port is not None and not 0 <= port <= 65535:
         raise ConfigError(f"--port {port}: not a TCP port (0-65535)")
     attempts = 1 if port else 5
@@ -149,7 +281,7 @@ def serve(path: str | Path, host: str = DEFAULT_HOST, port: int | None = None, b
         try:
             if not port:
                 wanted = _free_port(host)
-            address = _quiet_start(netron, str(p), (host, wanted))
+            address = _quiet_start(netron, str(p), (host, wanted), handler)
             break
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE and port:
@@ -165,6 +297,10 @@ def serve(path: str | Path, host: str = DEFAULT_HOST, port: int | None = None, b
         raise ConfigError(f"could not find a free port on {host}")
     _silence_disconnects(address)
     server = NetronServer(p, address)
+    if not _uses(address, handler):
+        server.stop()
+        raise MissingDependency("this netron version cannot be limited to the model's files: "
+                                "pip install 'netron>=8'")
     if browse and has_display():
         import webbrowser
 
@@ -189,12 +325,16 @@ def view(
     say(f"Netron is serving {server.path.name} at {server.url}")
     if browse and not has_display():
         say("no display found: open the URL above in a browser")
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        say(f"listening on {host}: anyone who can reach this machine can download the model")
+    if not is_loopback(host):
+        say(f"warning: listening on {host}: {server.path.name} and its weights are exposed to the network "
+            "(anyone who can reach this machine can open and download them); use --host 127.0.0.1 and an "
+            "SSH tunnel instead")
     say("press Ctrl-C to stop")
-    previous = None
+    previous: dict[int, object] = {}
     if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        # our own handlers: a shell starts background jobs with SIGINT ignored
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, _raise_interrupt)
     try:
         while server.alive():
             time.sleep(0.2)
@@ -202,8 +342,9 @@ def view(
         pass
     finally:
         server.stop()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            if handler is not None:
+                signal.signal(sig, handler)  # type: ignore[arg-type]
     say("stopped")
 
 
