@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import platform
 import time
 from dataclasses import dataclass, field
@@ -11,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter import __version__
-from exporter.io import atomic_write
+from exporter.io import PairWriter
 from exporter.options import ExportOptions, variant_options
 from exporter.pipeline import Context, StageRecord, op_counts, run_pipeline
 
@@ -68,7 +67,8 @@ def export_one(source: Any, options: ExportOptions, path: str | Path, variant: s
     passed = ctx.parity is None or bool(ctx.parity)
     target = path if passed else path.with_name(path.stem + ".parity-failed.onnx")
     t_write = time.perf_counter()
-    atomic_write(target, data)
+    pair = PairWriter(target)  # the .onnx and its manifest are committed together, below
+    pair.stage(data)
     write_rec = StageRecord("write", True, round(time.perf_counter() - t_write, 4), None, None,
                             f"{target.name} ({len(data):,} bytes)", "none")
     records = (*ctx.records, write_rec)
@@ -94,7 +94,7 @@ def export_one(source: Any, options: ExportOptions, path: str | Path, variant: s
         "versions": versions(),
         "seconds": round(seconds, 3),
     }
-    result.manifest_path = atomic_write(target.with_suffix(".json"), json.dumps(manifest, indent=2) + "\n")
+    _, result.manifest_path = pair.commit(manifest)
     return result
 
 

@@ -134,15 +134,10 @@ def variant_options(base: ExportOptions, name: str) -> ExportOptions:
 def load_config(path: str | Path, known: set[str]) -> dict[str, Any]:
     """Read option defaults from a YAML file; keys are option names (``keep-bn`` or ``keep_bn``).
     Unknown keys are an error: a typo is never silently ignored."""
-    import yaml
+    from exporter.io import load_yaml  # bounded: size, nesting, alias expansion; regular files only
 
     p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read config: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: YAML syntax error: {str(exc).splitlines()[0]}") from None
+    data = load_yaml(p, "config file") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a mapping of option names to values")
     out = {str(k).replace("-", "_"): v for k, v in data.items()}

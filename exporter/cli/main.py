@@ -6,6 +6,7 @@ Command modules import torch/onnxruntime only inside their functions, so ``yexpo
 
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 from typing import Any
@@ -29,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "fuse-check": "exporter.cli.fuse_check:fuse_check",
     "profile": "exporter.cli.profile:profile",
     "prune-report": "exporter.cli.prune_report:prune_report",
+    "report": "exporter.cli.report:report",
 }
 
 
@@ -47,13 +49,62 @@ class YexportGroup(click.Group):
         return getattr(importlib.import_module(module), attr)
 
     def invoke(self, ctx: click.Context) -> Any:
+        debug = bool(ctx.obj and ctx.obj.get("debug"))
         try:
             return super().invoke(ctx)
         except YexportError as exc:
-            if ctx.obj and ctx.obj.get("debug"):
+            if debug:
                 raise
-            click.echo(f"yexport: error: {exc}", err=True)
+            _error(str(exc))
             ctx.exit(exc.exit_code)
+        except (KeyboardInterrupt, click.exceptions.Abort):
+            if debug:
+                raise
+            _error("interrupted")
+            ctx.exit(130)
+        except click.UsageError as exc:
+            if exc.ctx is None or exc.ctx is ctx:  # raised in a command's body: the hint names that command
+                sub = ctx.invoked_subcommand
+                exc.yexport_command = f"{ctx.command_path} {sub}" if sub else ctx.command_path  # type: ignore[attr-defined]
+            raise
+        except OSError as exc:
+            if debug or exc.errno == errno.EPIPE:  # a closed stdout pipe: click exits quietly
+                raise
+            _error(os_error_line(exc))
+            ctx.exit(2)
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        """Click's main, with every error as one line: usage errors (exit 2) with a hint to ``--help``,
+        Ctrl-C (exit 130) and other click errors (their own code)."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as exc:
+            command = getattr(exc, "yexport_command", None) or (exc.ctx.command_path if exc.ctx else "yexport")
+            _error(f"{exc.format_message()} (try '{command} --help')")
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            _error(exc.format_message())
+            sys.exit(exc.exit_code)
+        except (KeyboardInterrupt, click.exceptions.Abort):
+            _error("interrupted")
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def os_error_line(exc: OSError) -> str:
+    """``path: strerror`` (for example ``out/x.onnx: Read-only file system``)."""
+    what = exc.strerror or type(exc).__name__
+    if exc.filename is not None:
+        where = f"{exc.filename} -> {exc.filename2}" if exc.filename2 is not None else str(exc.filename)
+        return f"{where}: {what}"
+    return str(exc) or what
+
+
+def _error(message: str) -> None:
+    click.echo("yexport: error: " + " ".join(str(message).split()), err=True)
 
 
 @click.group(cls=YexportGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -68,8 +119,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
 def main() -> None:
     try:
         cli.main(prog_name="yexport", auto_envvar_prefix="YEXPORT")
-    except KeyboardInterrupt:
-        click.echo("yexport: interrupted", err=True)
+    except KeyboardInterrupt:  # before click is running (e.g. while importing)
+        _error("interrupted")
         sys.exit(130)
 
 

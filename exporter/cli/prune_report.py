@@ -36,9 +36,12 @@ def prune_report(model: str, cfg: str | None, nc: int | None, seed: int, trust_c
     the shortcut chain) is tied to other convs' channels; Detect convs have no BatchNorm.
     """
     from exporter.errors import ConfigError
+    from exporter.models.zoo import builtin_path
+    from exporter.paths import check_output_file
 
     if save_path and amount is None:
         raise ConfigError("--save writes the pruned model: give --l1-unstructured AMOUNT too")
+    check_output_file(save_path, builtin_path(model) or model, cfg, flag="--save")
     from exporter.analysis.prune import l1_unstructured, weight_sparsity
     from exporter.analysis.prune import prune_report as run_report
 

@@ -20,6 +20,9 @@ def render(file: Path, out: Path, width: int | None, scale: float, timeout: floa
 
     Needs Debian's 'chromium' package (make install-browser) and the 'playwright' Python package.
     """
+    from exporter.paths import check_output_file
+
+    check_output_file(out, file)  # never onto the input; a writable folder, before any work
     from exporter.graph.render import render as render_netron
 
     result = render_netron(file, out, width=width, scale=scale, timeout=timeout)

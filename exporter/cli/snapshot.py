@@ -25,6 +25,9 @@ def snapshot(file: Path, output: Path | None, io_names: bool, metadata: bool, in
     names become positions (%in0, %w3, %12), so re-exporting a model or renaming its nodes gives
     byte-identical text. Compare two snapshots (or a snapshot and an ONNX file) with `yexport diff`.
     """
+    from exporter.paths import check_output_file
+
+    check_output_file(output, file)  # never onto the input; a writable folder, before any work
     from exporter.graph.snapshot import snapshot as snapshot_text
     from exporter.graph.snapshot import write_snapshot
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from exporter.errors import InputError, ModelError
+from exporter.io import regular_file
 from exporter.models.zoo import DEFAULT_MODEL, builtin_names, builtin_path, read_config
 
 if TYPE_CHECKING:
@@ -90,6 +91,7 @@ def load_model(
             raise InputError(f"{src}: no such file or built-in model (built-ins: {names})")
         if path.is_dir():
             raise InputError(f"{src}: is a directory; give a YAML config or a checkpoint file")
+        regular_file(path, "model file")  # a FIFO or a device would hang the reader; permission denied says so
         kind = "yaml" if path.suffix.lower() in (".yaml", ".yml") else "checkpoint"
     if kind in ("builtin", "yaml"):
         model = build_model(path, nc=nc, seed=seed)

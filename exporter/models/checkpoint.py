@@ -16,6 +16,7 @@ and the weights are loaded with a strict key and shape check.
 
 from __future__ import annotations
 
+import contextvars
 import io
 import os
 import pickle
@@ -33,6 +34,7 @@ import torch
 from torch import nn
 
 from exporter.errors import CheckpointError, InputError, YexportError
+from exporter.io import regular_file
 
 if TYPE_CHECKING:
     from exporter.models.yolo import Model
@@ -49,6 +51,13 @@ OFFICIAL_CLASSES: dict[str, frozenset[str]] = {
 TRUST_HINT = "use --trust-checkpoint only for files you trust"
 _MAX_NODES = 100_000  # modules in one pickled tree; guards against crafted DAGs
 _MAX_DEPTH = 64
+# Bounds on the pickle itself, checked while it is read (before its objects exist). yolov5x with its EMA
+# copy: data.pkl 0.4 MB, 166k pickle opcodes, about 200k objects, nesting under 40.
+MAX_PICKLE_BYTES = 8 << 20  # data.pkl of a torch zip archive (also bounds torch's own weights_only reader)
+MAX_PICKLE_OPS = 4_000_000  # opcodes run: bounds the objects, the memo and the stack
+MAX_PICKLE_DEPTH = 100  # nested MARKs while reading; nesting of the objects read
+MAX_PICKLE_EXPANDED = 5_000_000  # objects once shared references are expanded ("billion laughs")
+_STORAGE_LIMIT: contextvars.ContextVar[int | None] = contextvars.ContextVar("storage_limit", default=None)
 
 
 class Inert:
@@ -167,13 +176,95 @@ def resolve_global(module: str, name: str) -> Any:
     raise RefusedGlobal(qualname, "not on the allow-list of checkpoint globals")
 
 
-class SafeUnpickler(pickle.Unpickler):
-    """An unpickler that resolves globals only through :func:`resolve_global`."""
+class PickleLimit(pickle.UnpicklingError):
+    """Raised by the safe unpickler when a pickle exceeds a resource bound."""
+
+
+def _bounded(op: Any, code: int) -> Any:
+    """Wrap one opcode of the pure-Python unpickler with the resource checks."""
+    mark, persid = code == pickle.MARK[0], code == pickle.BINPERSID[0]
+
+    def run(self: SafeUnpickler) -> None:
+        self._ops += 1
+        if self._ops > MAX_PICKLE_OPS:
+            raise PickleLimit(f"the pickle runs over {MAX_PICKLE_OPS:,} opcodes (a crafted or corrupt file)")
+        if mark and len(self.metastack) >= MAX_PICKLE_DEPTH:
+            raise PickleLimit(f"the pickle nests deeper than {MAX_PICKLE_DEPTH} levels")
+        if persid and self.stack:
+            _check_storage(self.stack[-1])
+        op(self)
+
+    return run
+
+
+def _check_storage(pid: Any) -> None:
+    """A storage may not declare more bytes than the file holds (torch would allocate them first)."""
+    limit = _STORAGE_LIMIT.get()
+    if limit is None or not isinstance(pid, tuple) or len(pid) < 5 or not isinstance(pid[4], int):
+        return
+    itemsize = getattr(getattr(pid[1], "dtype", None), "itemsize", 1)
+    if pid[4] < 0 or pid[4] * itemsize > limit:
+        raise PickleLimit(f"a tensor storage declares {pid[4]:,} elements, more than the file's {limit:,} bytes hold")
+
+
+class SafeUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
+    """An unpickler that resolves globals only through :func:`resolve_global`, with bounds on the
+    opcodes it runs, the nesting and the storage sizes declared (pure Python, so every opcode is seen)."""
+
+    dispatch = {code: _bounded(op, code) for code, op in pickle._Unpickler.dispatch.items()}  # type: ignore[attr-defined]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._ops = 0
 
     def find_class(self, module: str, name: str) -> Any:
         if not isinstance(module, str) or not isinstance(name, str):
             raise RefusedGlobal(repr((module, name)), "not a module and name")
         return resolve_global(module, name)
+
+
+def _children(obj: Any) -> list[Any]:
+    if isinstance(obj, dict):
+        return [*obj.keys(), *obj.values()]
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return list(obj)
+    if isinstance(obj, Inert):
+        return list(vars(obj).values())
+    return []
+
+
+def check_object_graph(root: Any) -> int:
+    """How many objects ``root`` holds once shared references are expanded (memoised: linear in the
+    objects); raises :class:`PickleLimit` for cycles, deep nesting or an expansion past the bound.
+    What later reads the checkpoint (copies, reprs, JSON) would otherwise walk the expansion."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+    stack: list[tuple[Any, int, bool]] = [(root, 0, False)]
+    while stack:
+        obj, depth, done = stack.pop()
+        key = id(obj)
+        if done:
+            active.discard(key)
+            size = 1 + sum(sizes.get(id(c), 1) for c in _children(obj))
+            if size > MAX_PICKLE_EXPANDED:
+                raise PickleLimit(f"shared references in the pickle expand to over {MAX_PICKLE_EXPANDED:,} objects "
+                                  "(a 'billion laughs' structure)")
+            sizes[key] = size
+            continue
+        if key in sizes:
+            continue
+        children = _children(obj)
+        if not children:
+            sizes[key] = 1
+            continue
+        if key in active:
+            raise PickleLimit("the pickle holds a cyclic structure")
+        if depth >= MAX_PICKLE_DEPTH:
+            raise PickleLimit(f"the pickled objects nest deeper than {MAX_PICKLE_DEPTH} levels")
+        active.add(key)
+        stack.append((obj, depth, True))
+        stack.extend((c, depth + 1, False) for c in children if id(c) not in sizes)
+    return sizes[id(root)]
 
 
 def _safe_pickle_load(file: Any, **kwargs: Any) -> Any:
@@ -208,25 +299,30 @@ def _unreadable(path: Path, exc: BaseException) -> InputError:
     return InputError(f"{path}: not a PyTorch checkpoint (neither a torch zip archive nor a torch pickle)")
 
 
-def _sniff(path: Path) -> None:
-    """Refuse what torch.load would hand to something else (TorchScript) or cannot be a checkpoint."""
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    if not path.is_file():
-        raise InputError(f"{path}: not a file")
+def _sniff(path: Path) -> bool:
+    """Refuse what torch.load would hand to something else (TorchScript) or cannot be a checkpoint;
+    returns whether the file is a torch zip archive."""
+    regular_file(path, "checkpoint")  # missing, a FIFO or device, permission denied: said as such
     if path.stat().st_size == 0:
         raise InputError(f"{path}: empty file, not a checkpoint")
     if zipfile.is_zipfile(path):
         try:
             with zipfile.ZipFile(path) as z:
-                names = z.namelist()
-        except (zipfile.BadZipFile, OSError) as exc:
+                infos = z.infolist()
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
             raise _unreadable(path, exc) from None
+        names = [i.filename for i in infos]
+        big = [i for i in infos if i.filename.endswith(".pkl") and i.file_size > MAX_PICKLE_BYTES]
+        if big:
+            raise CheckpointError(f"{path}: {big[0].filename} is {big[0].file_size:,} bytes, over the "
+                                  f"{MAX_PICKLE_BYTES:,} a checkpoint's pickle may have")
         if any(n.endswith("constants.pkl") for n in names):
             raise CheckpointError(f"{path}: a TorchScript archive, not a checkpoint; it can only be loaded as a "
                                   f"generic module with --trust-checkpoint ({TRUST_HINT})")
         if not any(n.endswith("data.pkl") for n in names):
             raise InputError(f"{path}: a zip archive without data.pkl, not a PyTorch checkpoint")
+        return True
+    return False
 
 
 def safe_load(path: str | Path) -> Any:
@@ -237,17 +333,31 @@ def safe_load(path: str | Path) -> Any:
     :class:`Inert` stand-ins. A global outside the allow-list raises :class:`CheckpointError`.
     """
     path = Path(path)
-    _sniff(path)
+    is_zip = _sniff(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        if is_zip:  # data.pkl is size-checked; a legacy file is read by the bounded unpickler only
+            try:
+                plain = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception:
+                pass  # not plain tensors: the allow-list unpickler decides
+            else:
+                try:
+                    check_object_graph(plain)
+                except PickleLimit as exc:
+                    raise CheckpointError(f"{path}: refusing this checkpoint: {exc}") from None
+                return plain
+        token = _STORAGE_LIMIT.set(path.stat().st_size)
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:
-            pass  # not plain tensors: the allow-list unpickler decides
-        try:
-            return torch.load(path, map_location="cpu", weights_only=False, pickle_module=SAFE_PICKLE)
+            obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=SAFE_PICKLE)
+            check_object_graph(obj)
+            return obj
         except RefusedGlobal as exc:
             raise CheckpointError(f"{path}: {exc}; {TRUST_HINT}") from None
+        except PickleLimit as exc:
+            raise CheckpointError(f"{path}: refusing this checkpoint: {exc}") from None
+        except (RecursionError, MemoryError) as exc:
+            raise CheckpointError(f"{path}: refusing this checkpoint: {type(exc).__name__} while reading it") from None
         except YexportError:
             raise
         except RuntimeError as exc:
@@ -257,6 +367,8 @@ def safe_load(path: str | Path) -> Any:
             raise _unreadable(path, exc) from None
         except Exception as exc:
             raise _unreadable(path, exc) from None
+        finally:
+            _STORAGE_LIMIT.reset(token)
 
 
 def _trusted_load(path: Path) -> Any:

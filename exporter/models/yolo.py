@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import reprlib
 from copy import deepcopy
 from typing import Any
 
@@ -14,6 +15,15 @@ from exporter.errors import ModelError
 from exporter.models.common import CHANNEL_MODULES, MODULES, REPEAT_MODULES, Concat, Conv, Detect
 
 STRIDE_PROBE = 256  # strides are found by one forward pass of a zero 1x3x256x256 image
+# Bounds on what a config may ask for, checked before anything is allocated. The largest official
+# model (yolov5x6) has 141M parameters, 1280 channels, n <= 12 and 80 classes.
+MAX_NC = 100_000
+MAX_MULTIPLE = 16.0  # depth_multiple, width_multiple
+MAX_LAYERS = 1000
+MAX_REPEATS = 100  # 'number' after depth scaling
+MAX_CHANNELS = 8192  # channels of any layer's output
+MAX_PARAMS = 300_000_000
+MAX_UPSAMPLE = 16
 
 
 def make_divisible(x: float, divisor: int = 8) -> int:
@@ -26,20 +36,12 @@ def _layer_name(i: int, n_backbone: int) -> str:
 
 def parse_model(d: dict[str, Any], ch: list[int]) -> tuple[nn.Sequential, list[int]]:
     """Turn a config dict into ``nn.Sequential`` layers plus the indices whose outputs are kept."""
-    for key in ("nc", "anchors", "backbone", "head"):
-        if key not in d:
-            raise ModelError(f"config has no '{key}' key (a YOLOv5 config needs nc, anchors, backbone, head)")
-    anchors, nc = d["anchors"], d["nc"]
-    try:
-        gd, gw = float(d.get("depth_multiple", 1.0)), float(d.get("width_multiple", 1.0))
-    except (TypeError, ValueError):
-        raise ModelError("'depth_multiple' and 'width_multiple' must be numbers") from None
-    if not isinstance(anchors, list) or not anchors or not all(isinstance(a, list) and len(a) % 2 == 0 for a in anchors):
-        raise ModelError("'anchors' must be a list of per-level lists of pixel pairs, e.g. [[10,13, 16,30, 33,23], ...]")
+    nc, anchors, gd, gw = _check_config(d)
     na = len(anchors[0]) // 2
     no = na * (nc + 5)
     rows = list(d["backbone"] or []) + list(d["head"] or [])
     n_backbone = len(d["backbone"] or [])
+    total_params = 0
     names = {"nc": nc, "anchors": anchors, "None": None}
     layers: list[nn.Module] = []
     save: list[int] = []
@@ -47,29 +49,31 @@ def parse_model(d: dict[str, Any], ch: list[int]) -> tuple[nn.Sequential, list[i
     for i, row in enumerate(rows):
         where = _layer_name(i, n_backbone)
         if not isinstance(row, list) or len(row) != 4:
-            raise ModelError(f"{where}: expected [from, number, module, args], got {row!r}")
+            raise ModelError(f"{where}: expected [from, number, module, args], got {_short(row)}")
         f, n, mname, args = row
-        if mname not in MODULES:
+        if not isinstance(mname, str) or mname not in MODULES:
             known = ", ".join(sorted(MODULES))
-            raise ModelError(f"{where}: unknown module '{mname}' (known: {known})")
+            raise ModelError(f"{where}: unknown module {_short(mname)} (known: {known})")
         m = MODULES[mname]
         if not isinstance(args, list):
-            raise ModelError(f"{where}: args must be a list, got {args!r}")
+            raise ModelError(f"{where}: args must be a list, got {_short(args)}")
         args = [names.get(a, a) if isinstance(a, str) else a for a in args]
         for src in [f] if isinstance(f, int) else (f if isinstance(f, list) else [None]):
             if not isinstance(src, int) or not (src == -1 or 0 <= src < i):
                 raise ModelError(
-                    f"{where}: bad 'from' {f!r}: each source must be -1 (previous layer) or the index of an "
+                    f"{where}: bad 'from' {_short(f)}: each source must be -1 (previous layer) or the index of an "
                     f"earlier layer (0..{i - 1})"
                 )
-        if not isinstance(n, int) or n < 1:
-            raise ModelError(f"{where}: 'number' must be a positive integer, got {n!r}")
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ModelError(f"{where}: 'number' must be a positive integer, got {_short(n)}")
         n = n_ = max(round(n * gd), 1) if n > 1 else n
+        if n > MAX_REPEATS:
+            raise ModelError(f"{where}: 'number' {row[1]} x depth_multiple {gd:g} = {n} repeats; at most {MAX_REPEATS}")
         if m in CHANNEL_MODULES:
             if not isinstance(f, int):
                 raise ModelError(f"{where}: {mname} takes one input, 'from' must be one index")
-            if not args or not isinstance(args[0], int):
-                raise ModelError(f"{where}: {mname} needs output channels as its first argument")
+            if not args or not isinstance(args[0], int) or isinstance(args[0], bool) or args[0] < 1:
+                raise ModelError(f"{where}: {mname} needs output channels (a positive integer) as its first argument")
             c1, c2 = ch[f], args[0]
             if c2 != no:
                 c2 = make_divisible(c2 * gw, 8)
@@ -93,13 +97,21 @@ def parse_model(d: dict[str, Any], ch: list[int]) -> tuple[nn.Sequential, list[i
                 raise ModelError(f"{where}: Detect has {len(f)} inputs but {len(args[1])} anchor levels")
         else:
             c2 = ch[f] if isinstance(f, int) else ch[f[0]]
+            if m is nn.Upsample:
+                _check_upsample(args, where)
+        if c2 > MAX_CHANNELS:
+            raise ModelError(f"{where}: {c2} output channels; at most {MAX_CHANNELS}")
         try:
             inspect.signature(m).bind(*args)
+            total_params += _meta_params(m, args, n)  # counted without allocating
+            if total_params > MAX_PARAMS:
+                raise ModelError(f"{where}: the model would have over {total_params:,} parameters; "
+                                 f"at most {MAX_PARAMS:,}")
             m_ = nn.Sequential(*(m(*args) for _ in range(n))) if n > 1 else m(*args)
         except TypeError as exc:
-            raise ModelError(f"{where}: wrong arguments for {mname}: {exc}") from None
+            raise ModelError(f"{where}: wrong arguments for {mname}: {_cut(str(exc))}") from None
         except (ValueError, RuntimeError, ZeroDivisionError) as exc:
-            raise ModelError(f"{where}: cannot build {mname}{tuple(args)}: {exc}") from None
+            raise ModelError(f"{where}: cannot build {mname}{_short(tuple(args))}: {_cut(str(exc))}") from None
         m_.i, m_.f, m_.type, m_.np = i, f, mname, sum(p.numel() for p in m_.parameters())  # type: ignore[assignment]
         m_.args, m_.n = args, n_  # type: ignore[assignment]
         save.extend(x % i for x in ([f] if isinstance(f, int) else f) if x != -1)
@@ -110,6 +122,69 @@ def parse_model(d: dict[str, Any], ch: list[int]) -> tuple[nn.Sequential, list[i
     if not layers or not isinstance(layers[-1], Detect):
         raise ModelError("the last layer of the head must be Detect")
     return nn.Sequential(*layers), sorted(set(save))
+
+
+def _short(v: Any, limit: int = 60) -> str:
+    """``repr`` of a config value, cut short (a crafted value must not print for pages)."""
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxdict, r.maxstring, r.maxother = 3, 6, 6, 40, 40
+    return _cut(r.repr(v), limit)
+
+
+def _cut(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _number(d: dict[str, Any], key: str) -> float:
+    v = d.get(key, 1.0)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 < v <= MAX_MULTIPLE:
+        raise ModelError(f"'{key}' must be a number above 0 and at most {MAX_MULTIPLE:g}, got {_short(v)}")
+    return float(v)
+
+
+def _check_config(d: dict[str, Any]) -> tuple[int, list, float, float]:
+    """The top-level keys of a config, checked: ``(nc, anchors, depth_multiple, width_multiple)``."""
+    for key in ("nc", "anchors", "backbone", "head"):
+        if key not in d:
+            raise ModelError(f"config has no '{key}' key (a YOLOv5 config needs nc, anchors, backbone, head)")
+    nc = d["nc"]
+    if isinstance(nc, bool) or not isinstance(nc, int) or not 1 <= nc <= MAX_NC:
+        raise ModelError(f"'nc' (the number of classes) must be an integer from 1 to {MAX_NC:,}, got {_short(nc)}")
+    gd, gw = _number(d, "depth_multiple"), _number(d, "width_multiple")
+    for key in ("backbone", "head"):
+        if d[key] is not None and not isinstance(d[key], list):
+            raise ModelError(f"'{key}' must be a list of [from, number, module, args] rows, got {_short(d[key])}")
+    if len(d["backbone"] or []) + len(d["head"] or []) > MAX_LAYERS:
+        raise ModelError(f"more than {MAX_LAYERS} layers in backbone and head")
+    anchors = d["anchors"]
+    if not isinstance(anchors, list) or not anchors or not all(isinstance(a, list) and a and len(a) % 2 == 0 for a in anchors):
+        raise ModelError("'anchors' must be a list of per-level lists of pixel pairs, e.g. [[10,13, 16,30, 33,23], ...]")
+    if any(len(a) != len(anchors[0]) for a in anchors):
+        raise ModelError("'anchors': every level needs the same number of anchors")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 < v < 1e6
+               for a in anchors for v in a):
+        raise ModelError("'anchors' must hold positive pixel sizes")
+    return nc, anchors, gd, gw
+
+
+def _check_upsample(args: list, where: str) -> None:
+    scale = args[1] if len(args) > 1 else None
+    if isinstance(scale, bool) or (scale is not None and not (isinstance(scale, (int, float))
+                                                               and 0 < scale <= MAX_UPSAMPLE)):
+        raise ModelError(f"{where}: Upsample scale factor must be a number above 0 and at most {MAX_UPSAMPLE}, "
+                         f"got {_short(scale)}")
+    if args and args[0] is not None:
+        raise ModelError(f"{where}: Upsample takes [None, scale, mode]: give a scale factor, not a size")
+
+
+def _meta_params(m: type[nn.Module], args: list, n: int) -> int:
+    """Parameters of ``n`` x ``m(*args)``, built on the meta device (no memory, no initialisation)."""
+    try:
+        with torch.device("meta"):
+            return n * sum(p.numel() for p in m(*args).parameters())
+    except NotImplementedError:  # cannot be built on meta: the real build below reports any error
+        return 0
 
 
 def initialize_weights(model: nn.Module) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from exporter.errors import ConfigError, InputError, ModelError
+from exporter.errors import InputError, ModelError
 
 DEFAULT_MODEL = "yolov5s"
 
@@ -21,26 +21,26 @@ def builtin_names() -> list[str]:
 
 
 def builtin_path(name: str) -> Path | None:
+    """The shipped config of a built-in name; only a bare name (no folder) is a built-in."""
+    if not name or "/" in name or "\\" in name or name.startswith(".") or name != Path(name).name:
+        return None
     p = configs_dir() / f"{name}.yaml"
     return p if p.is_file() else None
 
 
 def read_config(path: str | Path) -> dict:
-    """Read a YOLOv5 YAML config with one-line errors for missing files and bad YAML."""
-    import yaml
+    """Read a YOLOv5 YAML config with one-line errors for missing, non-regular or oversized files and
+    bad YAML (bounded nesting and alias expansion, see :func:`exporter.io.load_yaml`)."""
+    from exporter.io import load_yaml
 
     p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{p}: no such file (give a YAML config, a checkpoint or a built-in name; see `yexport info --list`)")
     try:
-        cfg = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{p}: YAML syntax error{where}: {problem}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{p}: not a text file (expected a YAML config)") from None
+        cfg = load_yaml(p, "YAML config")
+    except InputError:
+        if not p.exists() and not p.is_symlink():
+            raise InputError(f"{p}: no such file (give a YAML config, a checkpoint or a built-in name; "
+                             "see `yexport info --list`)") from None
+        raise
     if not isinstance(cfg, dict):
         raise ModelError(f"{p}: expected a YAML mapping with nc, anchors, backbone and head")
     return cfg
