@@ -209,25 +209,25 @@ class DiffResult:
         by_layer = ["| layer | nodes | ops |", "|---|--:|---|"]
         if len(self.added) > _GROUP_MD:
             details(f"{len(self.added)} nodes added (per layer; --format json lists each)", by_layer,
-                    grouped_rows(self.added, "added"))
+                    grouped_rows(self.added, "added", _md))
         elif self.added:
             details(f"{len(self.added)} nodes added", head,
                     [f"| B{e['b']} | {_md(e['op'])} | {_md(e.get('name') or '')} | {_md(e.get('reads') or '')} |" for e in self.added])
         if len(self.removed) > _GROUP_MD:
             details(f"{len(self.removed)} nodes removed (per layer; --format json lists each)", by_layer,
-                    grouped_rows(self.removed, "removed"))
+                    grouped_rows(self.removed, "removed", _md))
         elif self.removed:
             details(f"{len(self.removed)} nodes removed", head,
                     [f"| A{e['a']} | {_md(e['op'])} | {_md(e.get('name') or '')} | {_md(e.get('reads') or '')} |" for e in self.removed])
         if len(self.changed) > _GROUP_MD:
             details(f"{len(self.changed)} nodes changed (per layer; --format json lists each)",
-                    ["| layer | nodes | ops | what changed |", "|---|--:|---|---|"], grouped_rows(self.changed, "changed"))
+                    ["| layer | nodes | ops | what changed |", "|---|--:|---|---|"], grouped_rows(self.changed, "changed", _md))
         elif self.changed:
             details(f"{len(self.changed)} nodes changed", ["| A | B | op | changes |", "|---|---|---|---|"],
                     [f"| A{e['a']} | B{e['b']} | {_md(_label(e))} | {_md('; '.join(e['changes']))} |" for e in self.changed])
         if len(self.initializers) > _GROUP_MD:
             details(f"{len(self.initializers)} initializer changes (per layer; --format json lists each)",
-                    ["| layer | initializers | kinds |", "|---|--:|---|"], grouped_rows(self.initializers, "init"))
+                    ["| layer | initializers | kinds |", "|---|--:|---|"], grouped_rows(self.initializers, "init", _md))
         elif self.initializers:
             details(f"{len(self.initializers)} initializer changes", ["| change |", "|---|"],
                     [f"| {_md(_init_line(c))} |" for c in self.initializers])

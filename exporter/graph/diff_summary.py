@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from fractions import Fraction
 from typing import Any
 
@@ -271,8 +272,9 @@ def kinds_of_change(changes: list[str]) -> list[str]:
     return kinds
 
 
-def grouped_rows(entries: list[dict[str, Any]], what: str) -> list[str]:
-    """Markdown table rows, one per layer: how many ``what`` entries and which ops / kinds."""
+def grouped_rows(entries: list[dict[str, Any]], what: str, esc: Callable[[str], str] = str) -> list[str]:
+    """Markdown table rows, one per layer: how many ``what`` entries and which ops / kinds
+    (cell text passed through ``esc``, the renderer's markdown escaping)."""
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for e in entries:
         groups[e.get("layer") or "(no layer scope)"].append(e)
@@ -286,7 +288,7 @@ def grouped_rows(entries: list[dict[str, Any]], what: str) -> list[str]:
                 for k in kinds_of_change(e.get("changes", [])):
                     if k not in kinds:
                         kinds.append(k)
-            rows.append(f"| {layer} | {len(items)} | {op_text} | {', '.join(kinds)} |")
+            rows.append(f"| {esc(layer)} | {len(items)} | {esc(op_text)} | {', '.join(kinds)} |")
         else:
-            rows.append(f"| {layer} | {len(items)} | {op_text} |")
+            rows.append(f"| {esc(layer)} | {len(items)} | {esc(op_text)} |")
     return rows

@@ -100,7 +100,7 @@ def match_nodes(sa: Any, sb: Any, ignore_values: bool, notes: list[str],
         same_struct = same_exact = 0
         for ia, ib in pairs:
             a, b = sa.nodes[ia], sb.nodes[ib]
-            if a.op == b.op and attrs_of(a) == attrs_of(b) and len(sa.data[ia]) == len(sb.data[ib]):
+            if struct_key(sa, a) == struct_key(sb, b):  # with layer scopes where both files have them
                 same_struct += 1
                 if exact_key(sa, a) == exact_key(sb, b):
                     same_exact += 1
