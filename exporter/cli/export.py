@@ -42,6 +42,8 @@ def summary_table(results: list[Any]) -> str:
 @click.option("-o", "--output", "out_dir", default="exports", show_default=True, type=click.Path(file_okay=False),
               help="Directory for the ONNX files and their manifests.")
 @click.option("--name", default=None, help="File name stem (default: the model's name).")
+@click.option("--force", is_flag=True, default=False,
+              help="Replace an existing file even when it was made with other graph-defining options.")
 @click.option("--variants", default=None, metavar="LIST",
               help="Several files at once, e.g. fused,keep-bn,training,int-shapes,simplify,dynamic,dynamic-all,"
                    "raw,dynamo; combine with '+' (keep-bn+simplify). Each applies on top of the other options.")
@@ -61,9 +63,11 @@ def summary_table(results: list[Any]) -> str:
               help="ONNX shape inference: a size on every edge.")
 @click.option("--simplify", is_flag=True, default=False,
               help="Run onnxsim (honours --keep-bn); parity is checked before and after.")
-@click.option("--dynamic", type=click.Choice(["batch", "all"]), default=None,
-              help="Dynamic axes: the batch, or batch, height and width.")
-@click.option("--img", type=IMG, default="640", show_default=True, help="Input size H or H,W (multiples of 32).")
+@click.option("--dynamic", type=click.Choice(["batch", "all"]), default=None, is_flag=False, flag_value="all",
+              help="Dynamic axes: bare --dynamic (or --dynamic all) for batch, height and width, as YOLOv5 has it; "
+                   "--dynamic batch for the batch only.")
+@click.option("--img", "--imgsz", "img", type=IMG, default="640", show_default=True,
+              help="Input size H or H,W (multiples of 32).")
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Batch size of the example.")
 @click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset; the file gets exactly this one.")
 @click.option("--exporter", type=click.Choice(["auto", "torchscript", "dynamo"]), default="auto", show_default=True,
@@ -77,7 +81,7 @@ def summary_table(results: list[Any]) -> str:
 @model_options
 @click.option("--view", is_flag=True, help="Open the (first) result in Netron when done.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of the table.")
-def export(model: str, out_dir: str, name: str | None, variants: str | None, keep_bn: bool | None, training: bool,
+def export(model: str, out_dir: str, name: str | None, force: bool, variants: str | None, keep_bn: bool | None, training: bool,
            int_shapes: bool, tidy: bool, infer_shapes: bool, simplify: bool, dynamic: str | None,
            img: tuple[int, int], batch: int, opset: int, exporter: str, raw_head: bool, device: str, check: bool,
            providers: str, require: str, atol: tuple[str, ...], rtol: float, inputs: int, images: str | None,
@@ -104,6 +108,9 @@ def export(model: str, out_dir: str, name: str | None, variants: str | None, kee
     if not names:
         options.validate()
     source = load_from_cli(model, cfg, nc, seed, trust_checkpoint)
+    from exporter.overwrite import export_targets, refuse_overwrite
+
+    refuse_overwrite(export_targets(name or source.name, out_dir, options, names), source.name, force=force)
     results = run_export(source, variants=names or None, out_dir=out_dir, name=name, options=options)
     if as_json:
         click.echo(json.dumps([json.loads(r.manifest_path.read_text()) for r in results if r.manifest_path], indent=2))

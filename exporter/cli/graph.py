@@ -11,7 +11,7 @@ import click
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option(
     "-o", "--output", "out", type=click.Path(path_type=Path), default=None,
-    help="Output .svg, .png, .pdf or .dot  [default: graphviz_out/<stem>.svg]",
+    help="Output .svg, .png, .pdf or .dot  [default: <stem>.svg in the current directory]",
 )
 @click.option(
     "--collapse", type=click.Choice(["modules"]), default=None,
@@ -29,10 +29,10 @@ def graph(file: Path, out: Path | None, collapse: str | None, highlight: Path | 
     from exporter.paths import check_output_file
 
     check_output_file(out, file, highlight)  # never onto an input; a writable folder, before any work
-    from exporter.graph.graphviz import build_dot, default_output, find_dot, write_dot
+    from exporter.graph.graphviz import build_dot, find_dot, write_dot
     from exporter.graph.load import load_onnx
 
-    dst = out if out is not None else default_output(file)
+    dst = out if out is not None else Path(f"{file.stem}.svg")  # never into a tracked graphviz_out/
     if dst.suffix.lower() != ".dot":
         find_dot()
     model = load_onnx(file)

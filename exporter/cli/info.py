@@ -25,7 +25,8 @@ def _list_models() -> None:
 @click.command("info")
 @click.argument("model", required=False, default="yolov5s")
 @model_options
-@click.option("--img", type=IMG, default="640", show_default=True, help="Image size H or H,W for GFLOPs and output shapes.")
+@click.option("--img", "--imgsz", "img", type=IMG, default="640", show_default=True,
+              help="Image size H or H,W for GFLOPs and output shapes.")
 @click.option("--verbose", "-v", is_flag=True, help="Print the per-layer table.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--list", "list_models", is_flag=True, help="List the built-in model names and exit.")
