@@ -130,7 +130,7 @@ def test_metadata_props(s640: Exported) -> None:
     assert meta["yexport.stages"] == ",".join(s.name for s in enabled_stages(ExportOptions()))
     assert meta["yexport.version"] == __version__
     assert (meta["yexport.training"], meta["yexport.keep_bn"], meta["yexport.img"]) == ("0", "0", "640,640")
-    assert json.loads(meta["yexport.options"])["opset"] == 18
+    assert json.loads(meta["yexport.graph_options"])["opset"] == 18
     assert s640.model.producer_name == "yexport"
 
 
