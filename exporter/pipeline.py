@@ -42,9 +42,24 @@ class Context:
     failure: str = ""  # a stage that failed without stopping the export (e.g. simplify) says why
     records: tuple[StageRecord, ...] = ()
     notes: tuple[str, ...] = ()  # honest statements about numerics, for the report
+    tracer_warnings: tuple[str, ...] = ()  # TracerWarnings of the capture (file:line: message)
 
     def replace(self, **changes: Any) -> Context:
         return dataclasses.replace(self, **changes)
+
+    @property
+    def graph(self) -> ModelProto:
+        """``onnx`` for the stages after capture; a stage placed before it fails saying so."""
+        if self.onnx is None:
+            raise RuntimeError("no ONNX graph yet: this stage must run after capture")
+        return self.onnx
+
+    @property
+    def prepared(self) -> torch.nn.Module:
+        """``model`` for the stages after prepare; a stage placed before it fails saying so."""
+        if self.model is None:
+            raise RuntimeError("no prepared model yet: this stage must run after prepare")
+        return self.model
 
     def note(self, text: str) -> Context:
         return self.replace(notes=(*self.notes, text))

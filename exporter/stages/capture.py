@@ -7,6 +7,7 @@ import io
 import logging
 import os
 import sys
+import tempfile
 import warnings
 from collections.abc import Iterator
 from functools import cache
@@ -31,24 +32,51 @@ def output_names(ctx: Context) -> list[str]:
     return ["output0"]
 
 
+NATIVE_OUTPUT_LIMIT = 4000  # characters of the exporter's native output kept: the end, where the error is
+
+
+def _flush_c_stdout() -> None:
+    with contextlib.suppress(Exception):  # no C library to ask: nothing buffered there either
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+
+
 @contextlib.contextmanager
-def _native_stdout_discarded() -> Iterator[None]:
-    """Discard what native code writes to file descriptor 1. The TorchScript exporter always turns its
-    C++ ONNX log on, which prints the whole IR graph there when an export fails; the error itself is
-    raised and reported in one line."""
+def _native_stdout_captured() -> Iterator[dict[str, str]]:
+    """Send what native code writes to file descriptor 1 to a temporary file instead of the terminal: the
+    TorchScript exporter always turns its C++ ONNX log on, which prints the whole IR graph there when an
+    export fails (the error itself is raised and reported in one line). After the block the yielded
+    dict's ``"text"`` holds the output (its last ``NATIVE_OUTPUT_LIMIT`` characters); when the block
+    raises, a non-empty text is also attached to the exception as a note, which ``--debug`` prints with
+    the traceback. Descriptor 1 is the process's: other threads' output during the block lands there too."""
+    out = {"text": ""}
     try:
         sys.stdout.flush()
         saved = os.dup(1)
     except (OSError, ValueError):  # no usable descriptor 1
-        yield
+        yield out
         return
-    with open(os.devnull, "wb") as sink:
+    failed: BaseException | None = None
+    with tempfile.TemporaryFile() as sink:
         os.dup2(sink.fileno(), 1)
         try:
-            yield
+            yield out
+        except BaseException as exc:
+            failed = exc
+            raise
         finally:
+            _flush_c_stdout()
             os.dup2(saved, 1)
             os.close(saved)
+            size = sink.seek(0, os.SEEK_END)
+            sink.seek(max(0, size - 4 * NATIVE_OUTPUT_LIMIT))
+            text = sink.read().decode("utf-8", errors="replace")
+            if len(text) > NATIVE_OUTPUT_LIMIT or size > 4 * NATIVE_OUTPUT_LIMIT:
+                text = f"[... {size} bytes in all, the end kept]\n" + text[-NATIVE_OUTPUT_LIMIT:]
+            out["text"] = text
+            if failed is not None and text.strip() and hasattr(failed, "add_note"):
+                failed.add_note(f"native output of the exporter (file descriptor 1):\n{text.rstrip()}")
 
 
 def tracer_warnings(caught: list[warnings.WarningMessage]) -> tuple[str, ...]:
@@ -84,7 +112,7 @@ def _torchscript(ctx: Context) -> tuple[bytes, str, tuple[str, ...]]:
             dynamic_axes.update({n: {0: "batch", 1: "anchors"} for n in outs} if o.head == "decode" else
                                 {n: {0: "batch", 2: "ny", 3: "nx"} for n in outs})
     f = io.BytesIO()
-    with warnings.catch_warnings(record=True) as caught, _native_stdout_discarded():
+    with warnings.catch_warnings(record=True) as caught, _native_stdout_captured():
         warnings.simplefilter("always")  # recorded, not printed: tracer warnings are kept, the rest dropped
         torch.onnx.export(ctx.model, (ctx.example,), f, dynamo=False,  # type: ignore[arg-type]
                           opset_version=o.opset, training=mode, do_constant_folding=True,

@@ -29,8 +29,7 @@ def checker(ctx: Context) -> Context:
     import onnx
 
     o = ctx.options
-    m = ctx.onnx
-    assert m is not None, "checker runs after capture"
+    m = ctx.graph
     onnx.checker.check_model(m, full_check=True)
     opset = next((i.version for i in m.opset_import if i.domain in ("", "ai.onnx")), None)
     if opset != o.opset:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from exporter.pipeline import Context
 
+if TYPE_CHECKING:
+    import onnx
 
-def shape_coverage(model) -> tuple[int, int]:
+
+def shape_coverage(model: onnx.ModelProto) -> tuple[int, int]:
     """(edges with a fully known shape, all intermediate edges)."""
     known = {vi.name for vi in model.graph.value_info
              if vi.type.tensor_type.HasField("shape")
@@ -18,6 +23,6 @@ def shape_coverage(model) -> tuple[int, int]:
 def infer_shapes(ctx: Context) -> Context:
     import onnx
 
-    model = onnx.shape_inference.infer_shapes(ctx.onnx, check_type=True, strict_mode=True, data_prop=True)
+    model = onnx.shape_inference.infer_shapes(ctx.graph, check_type=True, strict_mode=True, data_prop=True)
     known, total = shape_coverage(model)
     return ctx.replace(onnx=model, change=f"shapes on {known}/{total} intermediate edges")

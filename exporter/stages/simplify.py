@@ -11,7 +11,7 @@ def simplify(ctx: Context) -> Context:
     import onnxsim
 
     o = ctx.options
-    before = ctx.onnx
+    before = ctx.graph
     kwargs: dict[str, Any] = {"skip_fuse_bn": o.bn_kept, "check_n": 0}  # parity is ours, before and after
     if o.dynamic:
         kwargs["test_input_shapes"] = {before.graph.input[0].name: [o.batch, 3, *o.img]}

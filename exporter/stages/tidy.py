@@ -6,14 +6,19 @@ to initializers directly: same graph, without importing onnxscript (about a seco
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from exporter.pipeline import Context, op_counts
+
+if TYPE_CHECKING:
+    from onnx import ModelProto
 
 # constant folding limits: fold what the exporters leave behind (grids, shapes), not big weights
 _FOLD_INPUT_LIMIT = 1 << 16
 _FOLD_OUTPUT_LIMIT = 1 << 22
 
 
-def tidy_model(model, keep_bn: bool):
+def tidy_model(model: ModelProto, keep_bn: bool) -> ModelProto:
     """Return an optimized copy of ``model`` (an onnx.ModelProto)."""
     import onnx_ir as ir
     import onnx_ir.passes.common as common
@@ -45,7 +50,7 @@ def tidy_model(model, keep_bn: bool):
     return ir.serde.serialize_model(irm)
 
 
-def only_constant_nodes_to_fold(model) -> bool:
+def only_constant_nodes_to_fold(model: ModelProto) -> bool:
     """True for a static graph in which no node but ``Constant`` (with a tensor ``value``) has only
     constant inputs, and no Identity is left: then lifting the Constant nodes is all there is to fold.
     (With dynamic axes, onnxscript also folds shape arithmetic on the dimensions that are known.)"""
@@ -63,7 +68,7 @@ def only_constant_nodes_to_fold(model) -> bool:
     return True
 
 
-def lift_constants(model):
+def lift_constants(model: ModelProto) -> ModelProto:
     """A copy of ``model`` with every ``Constant`` node turned into an initializer."""
     import onnx
 
@@ -84,11 +89,11 @@ def lift_constants(model):
 
 
 def tidy(ctx: Context) -> Context:
-    before = op_counts(ctx.onnx)
-    if only_constant_nodes_to_fold(ctx.onnx):
-        model = lift_constants(ctx.onnx)
+    before = op_counts(ctx.graph)
+    if only_constant_nodes_to_fold(ctx.graph):
+        model = lift_constants(ctx.graph)
     else:
-        model = tidy_model(ctx.onnx, keep_bn=ctx.options.bn_kept)
+        model = tidy_model(ctx.graph, keep_bn=ctx.options.bn_kept)
     after = op_counts(model)
     gone = {k: before[k] - after[k] for k in before if before[k] > after[k]}
     top = ", ".join(f"-{v} {k}" for k, v in sorted(gone.items(), key=lambda t: -t[1])[:6])

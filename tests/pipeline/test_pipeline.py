@@ -199,3 +199,28 @@ def test_numerics_describe_what_the_options_did() -> None:
     assert prepare.numerics(ExportOptions(keep_bn=True)) == "none (BatchNorm kept)"
     capture = next(s for s in STAGES if s.name == "capture")
     assert "batch statistics" in capture.numerics(ExportOptions(training=True))
+
+
+def test_native_output_is_captured_not_lost(capfd: pytest.CaptureFixture[str]) -> None:
+    """What native code writes on file descriptor 1 during a capture is kept (the end of it), off the
+    terminal; a failure carries it as a note, which --debug prints with the traceback."""
+    import os
+    import sys
+
+    from exporter.stages.capture import NATIVE_OUTPUT_LIMIT, _native_stdout_captured
+
+    with _native_stdout_captured() as native:
+        os.write(1, b"graph(%x : Float(1, 3))\n")
+    assert native["text"] == "graph(%x : Float(1, 3))\n"
+    with pytest.raises(RuntimeError) as info, _native_stdout_captured() as native:
+        os.write(1, b"x" * (10 * NATIVE_OUTPUT_LIMIT) + b"\nthe end\n")
+        raise RuntimeError("export failed")
+    assert native["text"].endswith("the end\n") and len(native["text"]) < NATIVE_OUTPUT_LIMIT + 100
+    assert "bytes in all" in native["text"]
+    if sys.version_info >= (3, 11):  # exception notes
+        (note,) = info.value.__notes__
+        assert note.startswith("native output of the exporter") and note.endswith("the end")
+    with _native_stdout_captured() as native:
+        pass
+    assert native["text"] == ""
+    assert capfd.readouterr().out == ""
