@@ -135,7 +135,7 @@ def _prepare(model: Any) -> _Graph:
     import onnx
     from onnx import numpy_helper
 
-    from exporter.graph.load import infer_shapes
+    from exporter.graph.infer import infer_shapes
 
     g = model.graph
     declared = {vi.name for vi in g.input}
