@@ -82,7 +82,7 @@ def _yaml_loader():  # the class is built on first use: yaml is imported lazily
             self.depth += 1
             try:
                 if self.depth > YAML_MAX_DEPTH:
-                    raise _YamlLimit(f"nested deeper than {YAML_MAX_DEPTH} levels")
+                    raise _YamlLimit(f"it nests deeper than {YAML_MAX_DEPTH} levels")
                 return super().compose_node(parent, index)
             finally:
                 self.depth -= 1
@@ -114,7 +114,7 @@ def _expanded_nodes(root: Any) -> int:
             active.discard(key)
             sizes[key] = 1 + sum(sizes[id(c)] for c in children)
             if sizes[key] > YAML_MAX_NODES:
-                raise _YamlLimit(f"expands to more than {YAML_MAX_NODES:,} values (aliases of aliases?)")
+                raise _YamlLimit(f"it expands to more than {YAML_MAX_NODES:,} values (aliases of aliases?)")
             continue
         if key in sizes:
             continue
@@ -144,7 +144,7 @@ def load_yaml(path: str | Path, what: str = "YAML file") -> Any:
         _expanded_nodes(node)
         return loader.construct_document(node)
     except _YamlLimit as exc:
-        raise ConfigError(f"{p}: refusing this {what}: it is {exc}") from None
+        raise ConfigError(f"{p}: refusing this {what}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -213,6 +213,9 @@ class SafeUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
 
     dispatch = {code: _bounded(op, code) for code, op in pickle._Unpickler.dispatch.items()}  # type: ignore[attr-defined]
 
+    stack: list[Any]  # set by the pure-Python Unpickler's load()
+    metastack: list[Any]
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._ops = 0

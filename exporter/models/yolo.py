@@ -139,7 +139,8 @@ def _cut(text: str, limit: int = 200) -> str:
 def _number(d: dict[str, Any], key: str) -> float:
     v = d.get(key, 1.0)
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 < v <= MAX_MULTIPLE:
-        raise ModelError(f"'{key}' must be a number above 0 and at most {MAX_MULTIPLE:g}, got {_short(v)}")
+        raise ModelError(f"'{key}' must be a number above 0 and at most {MAX_MULTIPLE:g} (multiples are numbers like 0.33), "
+                         f"got {_short(v)}")
     return float(v)
 
 

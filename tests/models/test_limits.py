@@ -74,7 +74,7 @@ def test_recursive_and_deep_yaml_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="refers to the collection that contains it"):
         load_yaml(p)
     p.write_text("a: " + "[" * 5000 + "]" * 5000 + "\n")
-    with pytest.raises(ConfigError, match="nested deeper"):
+    with pytest.raises(ConfigError, match="nests deeper"):
         load_yaml(p)
 
 
