@@ -107,6 +107,7 @@ def export(model: str, out_dir: str, name: str | None, force: bool, variants: st
         variant_options(options, v).validate()
     if not names:
         options.validate()
+    preflight_export(model, out_dir, name, names, device, images, cfg)  # before ~20 s of work
     source = load_from_cli(model, cfg, nc, seed, trust_checkpoint)
     from exporter.overwrite import export_targets, refuse_overwrite
 
@@ -116,7 +117,6 @@ def export(model: str, out_dir: str, name: str | None, force: bool, variants: st
         click.echo(json.dumps([json.loads(r.manifest_path.read_text()) for r in results if r.manifest_path], indent=2))
     else:
         click.echo(summary_table(results))
-    preflight_export(model, out_dir, name, names, device, images, cfg)  # before ~20 s of work
         for r in results:
             for note in r.notes:
                 click.echo(f"note ({r.path.name}): {note}")
