@@ -33,6 +33,7 @@ CHUNK = 1 << 20
 
 _EXTERNAL = 1  # TensorProto.EXTERNAL
 _STRING = 8
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,8 +101,8 @@ def _read_model_file(p: Path) -> bytes:
     if st.st_size > MAX_MODEL_BYTES:
         raise InputError(f"{p}: {st.st_size / 2**30:.1f} GiB is more than the 2 GiB an ONNX protobuf can hold "
                          "(store the weights as external data)")
-    try:
-        with open(p, "rb") as fh:
+    try:  # O_NONBLOCK: a FIFO swapped in after the stat must not block the open
+        with os.fdopen(os.open(p, os.O_RDONLY | _NONBLOCK), "rb") as fh:
             st = os.fstat(fh.fileno())
             if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_MODEL_BYTES:  # swapped after the stat
                 raise InputError(f"{p}: changed while being opened: give the path of an .onnx file")
@@ -249,8 +250,8 @@ def external_data(tensor: Any, base: Path, *, where: str, need_file: bool = True
 def _read_external(ref: ExternalData, where: str, chunk: int = CHUNK) -> Iterator[bytes]:
     if not ref.exists:
         raise InputError(f"{where}: external data file {ref.location!r} not found next to the model")
-    try:
-        with open(ref.path, "rb") as fh:
+    try:  # the path is resolved: a link put there since the check is not followed
+        with os.fdopen(os.open(ref.path, os.O_RDONLY | _NONBLOCK | getattr(os, "O_NOFOLLOW", 0)), "rb") as fh:
             st = os.fstat(fh.fileno())
             if not stat.S_ISREG(st.st_mode) or ref.offset + ref.nbytes > st.st_size:
                 raise InputError(f"{where}: external data {ref.location!r} changed while being read")

@@ -366,3 +366,16 @@ def test_control_characters_in_names_do_not_break_dot(tmp_path: Path) -> None:
         code, out = run("graph", p, "-o", tmp_path / "nul.svg")
         assert code == 0, out
         assert "\\x00" in (tmp_path / "nul.svg").read_text()
+
+
+def test_structure_commands_never_open_the_weights(world: dict[str, Path]) -> None:
+    folder = world["model"]
+    folder.mkdir()
+    (folder / "w.bin").write_bytes(np.ones(8 * 27, np.float32).tobytes())
+    p = external_model(folder, "w.bin")
+    world["out"].mkdir()
+    for cmd in (["inspect", p], ["graph", p, "-o", world["out"] / "g.dot"]):
+        with opens() as seen:
+            code, out = run(*cmd)
+        assert code == 0, (cmd, out)
+        assert not any(Path(s).name == "w.bin" for s in seen), (cmd, seen)
