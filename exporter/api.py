@@ -31,6 +31,7 @@ class ExportResult:
     size: int
     seconds: float
     notes: tuple[str, ...] = ()
+    tracer_warnings: tuple[str, ...] = ()
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -75,7 +76,8 @@ def export_one(source: Any, options: ExportOptions, path: str | Path, variant: s
     ops = dict(sorted(op_counts(ctx.onnx).items()))
     seconds = time.perf_counter() - t0
     result = ExportResult(variant or "export", target, None, options, records, ctx.parity, ctx.parity_unsimplified,
-                          len(ctx.onnx.graph.node), ops, len(data), seconds, ctx.notes, failures)
+                          len(ctx.onnx.graph.node), ops, len(data), seconds, ctx.notes, ctx.tracer_warnings,
+                          failures)
     manifest = {
         "file": target.name,
         "sha256": hashlib.sha256(data).hexdigest(),
@@ -88,6 +90,7 @@ def export_one(source: Any, options: ExportOptions, path: str | Path, variant: s
         "nodes": result.nodes,
         "ops": ops,
         "notes": list(ctx.notes),
+        "tracer_warnings": list(ctx.tracer_warnings),
         "failures": failures,
         "parity": ctx.parity.to_dict() if ctx.parity is not None else None,
         "parity_before_simplify": ctx.parity_unsimplified.to_dict() if ctx.parity_unsimplified is not None else None,

@@ -12,6 +12,7 @@ from exporter.errors import ConfigError
 Exporter = Literal["auto", "torchscript", "dynamo"]
 Dynamic = Literal["batch", "all"]
 Head = Literal["decode", "raw"]
+HalfIO = Literal["float16", "float32"]
 
 
 @dataclass(frozen=True)
@@ -30,16 +31,21 @@ class ExportOptions:
     opset: int = 18
     exporter: Exporter = "auto"
     head: Head = "decode"
+    half: bool = False  # float16 weights and compute (the half stage)
+    half_io: HalfIO = "float16"  # with half: the file's inputs and outputs; float32 adds Casts at the edges
     device: str = "cpu"
     check: bool = True
     providers: tuple[str, ...] = ("cpu",)
     require: tuple[str, ...] = ()
-    atol: float = 1e-3
-    rtol: float = 1e-3
+    # None: the noise-floor rule against a float64 forward (exporter.parity.compare); a number makes the
+    # explicit element-wise tolerance the rule
+    atol: float | None = None
+    rtol: float | None = None
     output_atol: dict[str, float] = field(default_factory=dict)
-    inputs: int = 1
+    inputs: int | None = None  # None: 2 inputs (1 per shape for dynamic files), or every image of --images
     images: str | None = None
     seed: int = 0
+    detections: bool = True  # report detections after NMS beside the verdict
 
     @property
     def fuse_bn(self) -> bool:
@@ -76,12 +82,22 @@ class ExportOptions:
         if self.training and self.exporter == "dynamo":
             raise ConfigError("--training-mode needs the TorchScript exporter: the dynamo exporter ignores "
                               "training mode and would silently write an eval graph (use --exporter torchscript)")
+        if self.half and self.training:
+            raise ConfigError("--half with --training-mode: batch statistics in float16 are not an inference graph "
+                              "anyone deploys; drop one of them")
+        if self.half_io != "float16" and not self.half:
+            raise ConfigError("--half-io only applies with --half (add --half, or drop --half-io)")
         if self.int_shapes and self.dynamic == "all":
             raise ConfigError("--int-shapes bakes the traced height and width into the graph, so a --dynamic all "
                               "file would be wrong at any other size; use --dynamic batch with --int-shapes, "
                               "or drop --int-shapes")
         if self.img[0] % 32 or self.img[1] % 32:
             raise ConfigError(f"--img {self.img[0]},{self.img[1]}: sizes must be multiples of 32 (the largest stride)")
+        if self.inputs is not None and self.inputs < 1:
+            raise ConfigError(f"inputs={self.inputs}: parity needs at least one input")
+        for name, tol in (("atol", self.atol), ("rtol", self.rtol), *self.output_atol.items()):
+            if tol is not None and not (0 <= tol < float("inf")):
+                raise ConfigError(f"{name} {tol}: a tolerance is a finite number >= 0")
         if self.batch < 1:
             raise ConfigError("--batch must be at least 1")
         if not 7 <= self.opset <= 23:
@@ -118,6 +134,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "raw": {"head": "raw"},
     "torchscript": {"exporter": "torchscript"},
     "dynamo": {"exporter": "dynamo"},
+    "half": {"half": True},
 }
 
 

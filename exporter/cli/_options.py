@@ -82,7 +82,7 @@ def split_list(value: str | None) -> tuple[str, ...]:
     return items
 
 
-def parse_atol(values: tuple[str, ...], default: float) -> tuple[float, dict[str, float]]:
+def parse_atol(values: tuple[str, ...], default: float | None = None) -> tuple[float | None, dict[str, float]]:
     """``--atol 1e-3`` (all outputs) and ``--atol output0=1e-4`` (one output), repeatable."""
     atol = default
     per: dict[str, float] = {}
@@ -111,13 +111,20 @@ def parity_options(f: F) -> F:
         click.option("--require", default="", help="Providers that must really run (e.g. cuda): "
                      "not running is then a failure instead of a note."),
         click.option("--atol", multiple=True, metavar="A|OUT=A",
-                     help="Absolute tolerance (default 1e-3), or per output: --atol output0=1e-4. Repeatable."),
-        click.option("--rtol", type=click.FloatRange(min=0), default=1e-3, show_default=True,
-                     help="Relative tolerance: pass when |onnx - torch| <= atol + rtol * |torch| everywhere."),
-        click.option("--inputs", type=click.IntRange(min=1), default=1, show_default=True,
-                     help="Inputs per checked shape."),
+                     help="Replace the default rule by an explicit tolerance |onnx - torch| <= atol + rtol * |torch| "
+                          "(rtol default 1e-3), for all outputs or per output: --atol output0=1e-4. Repeatable. "
+                          "Default: no fixed tolerance; the error against a float64 forward must stay within a "
+                          "few times PyTorch fp32's own."),
+        click.option("--rtol", type=click.FloatRange(min=0), default=None,
+                     help="Relative tolerance of the explicit rule (atol default 1e-3 then)."),
+        click.option("--inputs", type=click.IntRange(min=1), default=None,
+                     help="Inputs per checked shape (default 2, or 1 per shape for dynamic files, or every "
+                          "image of --images). Never the capture example."),
         click.option("--images", type=click.Path(file_okay=False), default=None,
                      help="Check on your own JPEG/PNG images (letterboxed) instead of synthetic ones."),
+        click.option("--detections/--no-detections", default=True, show_default=True,
+                     help="Report detections after NMS (conf 0.25, IoU 0.45) against float64's, beside "
+                          "PyTorch fp32's own agreement (information, not the verdict)."),
     ]):
         f = opt(f)
     return f

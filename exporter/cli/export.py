@@ -73,6 +73,11 @@ def summary_table(results: list[Any]) -> str:
 @click.option("--exporter", type=click.Choice(["auto", "torchscript", "dynamo"]), default="auto", show_default=True,
               help="torch exporter; auto: TorchScript where this torch has it (the same graph as dynamo "
                    "after tidy, captured ~10x faster, honours training mode), else dynamo.")
+@click.option("--half", is_flag=True, default=False,
+              help="float16 weights and compute (works with --dynamic, --keep-bn, --simplify, both exporters, "
+                   "on CPU too); checked against PyTorch's own float16 noise.")
+@click.option("--half-io", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
+              help="With --half: the type of the file's inputs and outputs (float32 adds Casts at the edges).")
 @click.option("--raw-head/--decode", "raw_head", default=False,
               help="Detect output: the raw per-level maps, or the decoded (bs, N, nc+5) tensor (default).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N for capture and reference.")
@@ -83,8 +88,10 @@ def summary_table(results: list[Any]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of the table.")
 def export(model: str, out_dir: str, name: str | None, force: bool, variants: str | None, keep_bn: bool | None, training: bool,
            int_shapes: bool, tidy: bool, infer_shapes: bool, simplify: bool, dynamic: str | None,
-           img: tuple[int, int], batch: int, opset: int, exporter: str, raw_head: bool, device: str, check: bool,
-           providers: str, require: str, atol: tuple[str, ...], rtol: float, inputs: int, images: str | None,
+           img: tuple[int, int], batch: int, opset: int, exporter: str, half: bool, half_io: str, raw_head: bool, device: str,
+           check: bool,
+           providers: str, require: str, atol: tuple[str, ...], rtol: float | None, inputs: int | None, images: str | None,
+           detections: bool,
            cfg: str | None, nc: int | None, seed: int, trust_checkpoint: bool, view: bool, as_json: bool) -> None:
     """Export MODEL (a built-in name, a YAML config or a checkpoint; default yolov5s) to ONNX, with a
     manifest beside each file, and check each file against PyTorch on onnxruntime.
@@ -94,13 +101,15 @@ def export(model: str, out_dir: str, name: str | None, force: bool, variants: st
     from exporter.api import export as run_export
     from exporter.options import ExportOptions, variant_options
 
-    a, per_output = parse_atol(atol, 1e-3)
+    a, per_output = parse_atol(atol)
     options = ExportOptions(
         keep_bn=keep_bn, training=training, int_shapes=int_shapes, tidy=tidy, infer_shapes=infer_shapes,
         simplify=simplify, dynamic=dynamic,  # type: ignore[arg-type]
         img=img, batch=batch, opset=opset, exporter=exporter,  # type: ignore[arg-type]
-        head="raw" if raw_head else "decode", device=device, check=check, providers=split_list(providers),
+        head="raw" if raw_head else "decode", half=half, half_io=half_io,  # type: ignore[arg-type]
+        device=device, check=check, providers=split_list(providers),
         require=split_list(require), atol=a, rtol=rtol, output_atol=per_output, inputs=inputs, images=images, seed=seed,
+        detections=detections,
     )
     names = list(split_list(variants))
     for v in names:  # refuse bad variants and combinations before any work
@@ -120,6 +129,8 @@ def export(model: str, out_dir: str, name: str | None, force: bool, variants: st
         for r in results:
             for note in r.notes:
                 click.echo(f"note ({r.path.name}): {note}")
+            for w in r.tracer_warnings:
+                click.echo(f"warning ({r.path.name}): TracerWarning at {w}", err=True)
             for f in r.failures:
                 click.echo(f"FAILED ({r.path.name}): {f}", err=True)
             if r.parity is not None and not r.parity:

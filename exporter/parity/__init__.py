@@ -30,18 +30,20 @@ from exporter.parity.compare import (
     yolo_groups,
 )
 from exporter.parity.inputs import default_shapes, image_files, letterbox, make_inputs
-from exporter.parity.reference import Reference, build_reference, fused_copy, reference_model
+from exporter.parity.reference import Reference, build_reference, file_precision, fused_copy, reference_model
 from exporter.parity.report import CaseParity, GroupParity, OutputParity, ParityReport, ProviderParity
 from exporter.parity.runtime import open_session
 
 __all__ = [
     "CaseParity", "GroupParity", "OutputParity", "ParityReport", "ProviderParity", "Reference",
     "build_reference", "check_parity", "compare_floor", "compare_tolerance", "compare_with", "default_shapes",
+    "file_precision",
     "fused_copy", "image_files", "letterbox", "make_inputs", "open_session", "reference_model",
 ]
 
-FLOOR_RULE = (f"error against float64 <= {K_Q:g}x PyTorch fp32's own at the 99.9th percentile and <= {K_MAX:g}x "
-              "at the maximum, per output and column group")
+def floor_rule(floor: str = "PyTorch fp32") -> str:
+    return (f"error against float64 <= {K_Q:g}x {floor}'s own at the 99.9th percentile and <= {K_MAX:g}x at the "
+            "maximum, per output and column group")
 
 
 def _tolerance_text(atol: float, rtol: float, output_atol: dict[str, float]) -> str:
@@ -82,12 +84,13 @@ def compare_with(onnx_model: Any, ref: Reference, *, providers: tuple[str, ...] 
     if explicit:
         rule = _tolerance_text(a, r, output_atol)
     elif has_truth:
-        rule = FLOOR_RULE + (f"; tolerance for {', '.join(output_atol)}: {_tolerance_text(a, r, output_atol)}"
+        rule = floor_rule(ref.floor) + (f"; tolerance for {', '.join(output_atol)}: {_tolerance_text(a, r, output_atol)}"
                              if output_atol else "")
     else:
         rule = _tolerance_text(a, r, output_atol)
         notes.append(f"no float64 truth ({ref.no_f64}): judged by the fixed tolerance instead")
-    report = ParityReport(ref.mode, [], ref.description, rule, "float64" if has_truth else "none", notes)
+    report = ParityReport(ref.mode, [], ref.description, rule, "float64" if has_truth else "none", notes,
+                          "fp16" if ref.precision == "float16" else "fp32")
     runs: dict[str, list[list[np.ndarray]]] = {}
     for requested in dict.fromkeys([*providers, *require]):
         sess, result = open_session(data, requested)
@@ -136,14 +139,14 @@ def _case(case: Any, outs: list[np.ndarray], names: list[str], ref: Reference, e
     captured = case.exported if case.exported is not None else case.fp32
     results: list[OutputParity] = []
     for i, (name, out) in enumerate(zip(names, outs, strict=True)):
-        fp32 = case.fp32[i]
+        floor = case.noise[i]
         if explicit or not has_truth or name in output_atol:
-            results.append(compare_tolerance(name, out, fp32, output_atol.get(name, atol), rtol, captured[i]))
+            results.append(compare_tolerance(name, out, floor, output_atol.get(name, atol), rtol, captured[i]))
             continue
         groups = None
         if ref.layout is not None and case.x.ndim == 4:
             groups = yolo_groups(ref.layout, out.shape, case.x.shape[2], case.x.shape[3])
-        results.append(compare_floor(name, out, fp32, case.f64[i], groups or whole(), captured[i]))
+        results.append(compare_floor(name, out, floor, case.f64[i], groups or whole(), captured[i]))
     fusion = None
     if case.exported is not None:
         fusion = max((_max_abs(x, y) for x, y in zip(case.exported, case.fp32, strict=True)), default=0.0)
@@ -152,7 +155,7 @@ def _case(case: Any, outs: list[np.ndarray], names: list[str], ref: Reference, e
             and results[0].groups[0].name == "xy":
         from exporter.parity.detections import compare_detections
 
-        dets = compare_detections(outs[0], case.fp32[0], case.f64[0])
+        dets = compare_detections(outs[0], case.noise[0], case.f64[0], baseline=ref.floor)
     return CaseParity(list(case.x.shape), case.label, results, fusion, dets)
 
 
@@ -196,7 +199,8 @@ def check_parity(
         exported = fused_copy(model)
     explicit = atol is not None or rtol is not None
     ref = build_reference(model, shapes or default_shapes(proto), inputs=inputs, images=images, training=training,
-                          head=head, seed=seed, device=device, exported=exported, truth=not explicit)
+                          head=head, seed=seed, device=device, exported=exported, truth=not explicit,
+                          precision=file_precision(proto))
     return compare_with(data, ref, providers=providers, require=require, atol=atol, rtol=rtol,
                         output_atol=output_atol, model=model, detections=detections, repeat=repeat)
 

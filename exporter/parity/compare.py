@@ -160,7 +160,7 @@ def compare_floor(name: str, out: np.ndarray, fp32: np.ndarray, f64: np.ndarray,
             worst_score = score
             k = g.index(np.unravel_index(int(np.argmax(np.nan_to_num(eo, nan=np.inf))), eo.shape))
             worst_text = (f"{g.name} {list(k)}: onnx {out64[k]:.6g}, float64 {f64[k]:.6g}, "
-                          f"PyTorch fp32 {t32[k]:.6g}")
+                          f"PyTorch {t32[k]:.6g}")
     max_abs, max_rel, mean_abs, cosine = _figures(name, out64, t32)
     cap = _max(np.abs(out64 - capture.astype(np.float64))) if capture is not None and capture.shape == out.shape \
         else None

@@ -109,13 +109,14 @@ class DetectionReport:
     iou: float
     onnx: Agreement
     torch: Agreement
+    baseline: str = "PyTorch fp32"
 
     def line(self) -> str:
         if self.onnx.truth == 0 and self.onnx.got == 0 and self.torch.got == 0:
             return (f"detections (conf {self.conf:g}, IoU {self.iou:g}): none at this threshold in float64, ONNX "
-                    "or PyTorch fp32 (random weights give few confident boxes; try --images with real photos)")
+                    f"or {self.baseline} (random weights give few confident boxes; try --images with real photos)")
         return (f"detections (conf {self.conf:g}, IoU {self.iou:g}): {self.onnx.words()}, max score diff "
-                f"{self.onnx.max_score_diff:.1e}; PyTorch fp32 itself: {self.torch.words()}")
+                f"{self.onnx.max_score_diff:.1e}; {self.baseline} itself: {self.torch.words()}")
 
     def to_dict(self) -> dict[str, object]:
         return {"conf": self.conf, "iou": self.iou, "onnx": asdict(self.onnx), "torch": asdict(self.torch),
@@ -129,11 +130,11 @@ def _sum(parts: list[Agreement]) -> Agreement:
 
 
 def compare_detections(onnx: np.ndarray, fp32: np.ndarray, f64: np.ndarray, conf: float = CONF,
-                       iou: float = IOU) -> DetectionReport:
+                       iou: float = IOU, baseline: str = "PyTorch fp32") -> DetectionReport:
     """Decoded outputs ``(bs, N, 5 + nc)`` of the file, PyTorch fp32 and float64, image by image."""
     o, t = [], []
     for i in range(f64.shape[0]):
         truth = nms(f64[i], conf, iou)
         o.append(agree(truth, nms(onnx[i], conf, iou)))
         t.append(agree(truth, nms(fp32[i], conf, iou)))
-    return DetectionReport(conf, iou, _sum(o), _sum(t))
+    return DetectionReport(conf, iou, _sum(o), _sum(t), baseline)

@@ -24,6 +24,12 @@ class Case:
     fp32: list[np.ndarray]  # the source model (unfused), fp32, on the reference device
     f64: list[np.ndarray] | None  # the source model in float64 on the CPU: the truth
     exported: list[np.ndarray] | None = None  # the module exported (e.g. fused), fp32
+    floor: list[np.ndarray] | None = None  # the source model in the file's precision when not fp32
+
+    @property
+    def noise(self) -> list[np.ndarray]:
+        """The forward whose error against float64 is the noise floor (the file's precision)."""
+        return self.floor if self.floor is not None else self.fp32
 
 
 @dataclass
@@ -38,6 +44,8 @@ class Reference:
     no_f64: str = ""  # why there is no float64 truth (then the tolerance rule judges)
     fused: bool = False  # the exported module is a fused copy of the source
     notes: list[str] = field(default_factory=list)
+    floor: str = "PyTorch fp32"  # what the noise floor is: PyTorch in the file's precision
+    precision: str = "float32"  # the file's: float32 or float16
 
 
 def detect_of(model: Any) -> Any:
@@ -84,6 +92,41 @@ def flatten(y: Any) -> list[np.ndarray]:
     raise TypeError(f"cannot compare a model output of type {type(y).__name__}")
 
 
+def file_precision(proto: Any) -> str:
+    """'float16' when the file computes in float16 (float16 initializers), else 'float32'."""
+    import onnx
+
+    return "float16" if any(t.data_type == onnx.TensorProto.FLOAT16 for t in proto.graph.initializer) else "float32"
+
+
+def _rounded(y: Any) -> Any:
+    import torch
+
+    if isinstance(y, torch.Tensor) and y.is_floating_point():
+        return y.half().float()
+    if isinstance(y, (list, tuple)):
+        return type(y)(_rounded(v) for v in y) if isinstance(y, tuple) else [_rounded(v) for v in y]
+    return y
+
+
+def fp16_storage(model: Any) -> Any:
+    """A float32 copy of ``model`` that stores everything in float16: parameters and buffers rounded to
+    float16, and every module's output rounded as it leaves the module; arithmetic inside a module
+    (a convolution's sums) stays float32. This is what onnxruntime's CPU kernels and cuDNN do with a
+    float16 graph (float16 tensors, float32 accumulation), at the cost of one fp32 forward; PyTorch's
+    own float16 kernels on a CPU are about 100x slower. Used as the float16 noise floor on the CPU."""
+    import torch
+
+    m = deepcopy(model).float()
+    with torch.no_grad():
+        for t in [*m.parameters(), *m.buffers()]:
+            if t.is_floating_point():
+                t.copy_(t.half().float())
+    for mod in m.modules():
+        mod.register_forward_hook(lambda _m, _i, out: _rounded(out))
+    return m
+
+
 def _forward(model: Any, x: np.ndarray, dtype: Any, device: Any) -> list[np.ndarray]:
     import torch
 
@@ -102,14 +145,24 @@ def fused_copy(model: Any) -> Any | None:
 
 def build_reference(model: Any, shapes: list[tuple[int, ...]], *, inputs: int | None = None,
                     images: str | None = None, training: bool = False, head: str = "decode", seed: int = 0,
-                    device: str = "cpu", exported: Any = None, truth: bool = True) -> Reference:
-    """Forwards of ``model`` for every parity input: fp32 (on ``device``) and float64 (on the CPU);
-    with ``exported`` (the module that was captured, when it differs from ``model``), its fp32 forward too.
-    ``truth=False`` skips the float64 forward (the explicit tolerance rule needs none)."""
+                    device: str = "cpu", exported: Any = None, truth: bool = True,
+                    precision: str = "float32") -> Reference:
+    """Forwards of ``model`` for every parity input: the noise floor in the file's ``precision`` (fp32 on
+    ``device``; for float16 files PyTorch's float16 on CUDA, or :func:`fp16_storage` on the CPU) and the
+    float64 truth on the CPU; with ``exported`` (the module that was captured, when it differs from
+    ``model``), its fp32 forward too. ``truth=False`` skips the float64 forward (the explicit tolerance
+    rule needs none). For float16 files every input is rounded to float16 first, so all forwards see
+    the values the file sees."""
     import torch
 
     dev = torch.device(device)
     ref32 = reference_model(model, head=head, training=training).to(dev)
+    floor_model, floor_dtype, floor = None, torch.float32, "PyTorch fp32"
+    if precision == "float16":
+        if dev.type == "cuda":
+            floor_model, floor_dtype, floor = deepcopy(ref32).half(), torch.float16, "PyTorch float16"
+        else:
+            floor_model, floor = fp16_storage(ref32), "PyTorch float16 storage (emulated on the CPU)"
     ref64, no_f64 = None, "" if truth else "not needed by the tolerance rule"
     if truth:
         try:
@@ -120,7 +173,10 @@ def build_reference(model: Any, shapes: list[tuple[int, ...]], *, inputs: int | 
     cases_in = make_inputs(shapes, inputs, seed, images)
     cases = []
     for label, x in cases_in:
+        if precision == "float16":
+            x = x.astype(np.float16).astype(np.float32)
         y32 = _forward(ref32, x, torch.float32, dev)
+        yf = _forward(floor_model, x, floor_dtype, dev) if floor_model is not None else None
         y64 = None
         if ref64 is not None:
             try:
@@ -128,11 +184,11 @@ def build_reference(model: Any, shapes: list[tuple[int, ...]], *, inputs: int | 
             except Exception as exc:  # an op without a float64 kernel
                 ref64, no_f64 = None, f"the model cannot run in float64: {first_line(exc)}"
         ye = _forward(exp32, x, torch.float32, dev) if exp32 is not None else None
-        cases.append(Case(label, x, [a.astype(np.float32) for a in y32], y64, ye))
+        cases.append(Case(label, x, y32, y64, ye, [a.astype(np.float32) for a in yf] if yf is not None else None))
     if ref64 is None:
         for c in cases:
             c.f64 = None
     where = ", ".join("x".join(map(str, s)) for s in shapes)
     desc = f"{len(cases)} input(s) at {where}" + (f" from {images}" if images else " (seeded synthetic images)")
     return Reference(cases, "train" if training else "eval", desc, head, layout_of(model, head), no_f64,
-                     fused=exported is not None)
+                     fused=exported is not None, floor=floor, precision=precision)

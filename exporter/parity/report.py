@@ -134,6 +134,7 @@ class ParityReport:
     tolerance: str  # the rule in words
     truth: str = "float64"  # 'float64' or why there is none (then the tolerance rule judged)
     notes: list[str] = field(default_factory=list)
+    precision: str = "fp32"  # the file's: fp32 or fp16 (its noise floor is PyTorch in that precision)
 
     @property
     def passed(self) -> bool:
@@ -151,8 +152,8 @@ class ParityReport:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"passed": self.passed, "reference": self.reference, "inputs": self.inputs,
-                               "tolerance": self.tolerance, "truth": self.truth, "notes": list(self.notes),
-                               "providers": []}
+                               "tolerance": self.tolerance, "truth": self.truth, "precision": self.precision,
+                               "notes": list(self.notes), "providers": []}
         for p in self.providers:
             out["providers"].append({
                 "requested": p.requested, "provider": p.provider, "ran": p.ran, "ran_on": p.ran_on,
@@ -167,7 +168,8 @@ class ParityReport:
         return out
 
     def summary(self) -> str:
-        """One short cell per provider, e.g. 'cpu: pass (1.1x fp32 noise)' or 'cuda: not available'."""
+        """One short cell per provider, e.g. 'cpu: pass (1.1x fp32 noise)' or 'cuda: not available'.
+        The ratio is the file's error against float64 as a multiple of PyTorch's own in the file's precision."""
         cells = []
         for p in self.providers:
             if not p.ran:
@@ -177,7 +179,7 @@ class ParityReport:
             verdict = "pass" if p.passed else "FAIL"
             ratios = [o.ratio for o in outs if o.groups and not math.isnan(o.ratio)]
             if ratios:
-                cells.append(f"{p.requested}: {verdict} ({_times(max(ratios))} fp32 noise)")
+                cells.append(f"{p.requested}: {verdict} ({_times(max(ratios))} {self.precision} noise)")
             else:
                 worst = max((o.max_abs for o in outs), default=0.0)
                 cells.append(f"{p.requested}: {verdict} (max abs {worst:.1e})")
@@ -188,7 +190,7 @@ class ParityReport:
         error, the detections, and why a provider did not run."""
         lines = [f"parity against PyTorch ({self.reference} reference, truth: {self.truth}), {self.inputs}",
                  f"  rule: {self.tolerance}"]
-        head = (f"  {'provider':<8} {'input':<24} {'output':<14} {'max_abs':>9} {'err q99.9':>10} {'fp32 q99.9':>10}"
+        head = (f"  {'provider':<8} {'input':<24} {'output':<14} {'max_abs':>9} {'err q99.9':>10} {self.precision + ' q99.9':>10}"
                 f" {'ratio':>7} {'max ratio':>9}  result")
         lines.append(head)
         for p in self.providers:

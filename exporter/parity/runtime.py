@@ -81,7 +81,11 @@ def check_input(proto: Any, x: np.ndarray) -> None:
 
 def run(sess: Any, proto: Any, x: np.ndarray, requested: str) -> list[np.ndarray]:
     """One onnxruntime run; a failure inside onnxruntime is a parity failure naming its message."""
+    import onnx
+
     check_input(proto, x)
+    if proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16:
+        x = x.astype(np.float16)
     try:
         return list(sess.run(None, {proto.graph.input[0].name: x}))
     except Exception as exc:  # onnxruntime's RuntimeException, Fail, InvalidArgument...

@@ -6,6 +6,7 @@ from exporter.options import ExportOptions
 from exporter.pipeline import Stage
 from exporter.stages.capture import capture
 from exporter.stages.checker import checker
+from exporter.stages.half import half
 from exporter.stages.infer_shapes import infer_shapes
 from exporter.stages.metadata import metadata
 from exporter.stages.parity import parity
@@ -23,6 +24,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("infer_shapes", infer_shapes, lambda o: o.infer_shapes, numerics=lambda o: "none (annotations only)"),
     Stage("simplify", simplify, lambda o: o.simplify, numerics=lambda o: "onnxsim constant folding"
           + ("; BatchNorm folding skipped" if o.bn_kept else "") + "; checked by parity before and after"),
+    Stage("half", half, lambda o: o.half, numerics=lambda o: "float16 weights and activations (~1e-3 relative "
+          "per op); judged against PyTorch's float16 noise"),
     Stage("metadata", metadata),
     Stage("checker", checker),
     Stage("parity", parity, lambda o: o.check, numerics=lambda o: "none (measures)"),

@@ -18,7 +18,8 @@ def parity(ctx: Context) -> Context:
     explicit = o.atol is not None or o.rtol is not None
     ref = build_reference(ctx.source.model, default_shapes(ctx.onnx), inputs=o.inputs, images=o.images,
                           training=o.training, head=o.head, seed=o.seed, device=o.device,
-                          exported=ctx.model if o.fuse_bn else None, truth=not explicit)
+                          exported=ctx.model if o.fuse_bn else None, truth=not explicit,
+                          precision="float16" if o.half else "float32")
 
     def run(graph: object):
         return compare_with(graph, ref, providers=o.providers, require=o.require, atol=o.atol, rtol=o.rtol,
