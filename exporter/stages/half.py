@@ -34,6 +34,8 @@ def half(ctx: Context) -> Context:
         # max_finite_val: constants are clipped to it; yolov5's largest (grid x stride, 4 x anchors) stay below
         converted = convert_float_to_float16(graph, keep_io_types=keep_io, op_block_list=DEFAULT_OP_BLOCK_LIST,
                                              max_finite_val=65504.0)
+    _retarget_casts(before, converted)
+    del converted.graph.value_info[:]  # inferred again from the converted graph, so edges and ops agree
     converted = onnx.shape_inference.infer_shapes(converted)
     kept = sorted({n.op_type for n in before.graph.node if n.op_type in DEFAULT_OP_BLOCK_LIST})
     casts = sum(n.op_type == "Cast" for n in converted.graph.node) - sum(n.op_type == "Cast" for n in before.graph.node)
@@ -41,3 +43,16 @@ def half(ctx: Context) -> Context:
               + (f"; {', '.join(kept)} kept float32" if kept else "")
               + ("; inputs/outputs float32" if keep_io else "; inputs/outputs float16"))
     return ctx.replace(onnx=converted, change=change)
+
+
+def _retarget_casts(before, converted) -> None:
+    """The graph's own Casts to float32 (e.g. a dynamic grid made from Range) must cast to float16 now; the
+    converter changes tensor types but leaves their ``to``. Casts it inserted around kept ops stay."""
+    import onnx
+
+    own = {n.name for n in before.graph.node if n.op_type == "Cast"}
+    for node in converted.graph.node:
+        if node.op_type == "Cast" and node.name in own:
+            for a in node.attribute:
+                if a.name == "to" and a.i == onnx.TensorProto.FLOAT:
+                    a.i = onnx.TensorProto.FLOAT16
