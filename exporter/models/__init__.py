@@ -79,7 +79,7 @@ def load_model(
     for a plain state_dict). Models built from a config get seeded realistic weights
     (see :func:`exporter.models.weights.calibrate`), so the same name and seed always give the same model.
     """
-    from exporter.models.weights import calibrate
+    from exporter.models.weights import calibrate_cached
 
     src = str(source)
     path = builtin_path(src)
@@ -95,8 +95,9 @@ def load_model(
         kind = "yaml" if path.suffix.lower() in (".yaml", ".yml") else "checkpoint"
     if kind in ("builtin", "yaml"):
         model = build_model(path, nc=nc, seed=seed)
-        calibrate(model, seed=seed)
-        return LoadedModel(model, path.stem, src, kind, _sha256(path), f"synthetic (seed {seed})",
+        sha = _sha256(path)
+        calibrate_cached(model, sha, seed=seed, nc=nc)  # the BatchNorm state from the user's cache when there
+        return LoadedModel(model, path.stem, src, kind, sha, f"synthetic (seed {seed})",
                            {"generation": model.generation})
     from exporter.models.checkpoint import load_checkpoint
 
