@@ -37,6 +37,9 @@ demo: $(STAMP) ## export the bundled yolov5s (fused and keep-bn), check parity, 
 test: $(STAMP) ## the whole test suite (GPU and browser tests skip with a reason where unavailable)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+test-fast: $(STAMP) ## the tests without the slow ones (full YOLO exports at 640, dynamo, training-mode exports)
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
 lint: $(STAMP) ## ruff and mypy
 	$(BIN)/ruff check exporter tests bench
 	$(BIN)/mypy exporter

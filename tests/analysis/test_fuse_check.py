@@ -15,6 +15,7 @@ from exporter.models import fuse as fuse_module
 from exporter.models.common import BottleneckCSP, Conv
 
 
+@pytest.mark.slow
 def test_yolov5s_acceptance(yolov5s: nn.Module) -> None:
     report = fuse_check(yolov5s, 640)
     n_conv_bn = sum(1 for m in yolov5s.modules() if isinstance(m, Conv) and hasattr(m, "bn"))

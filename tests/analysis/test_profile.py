@@ -16,6 +16,7 @@ from exporter.analysis.summary import count_flops, summarize
 from exporter.errors import ConfigError
 
 
+@pytest.mark.slow
 def test_yolov5s_totals_agree_with_summary(yolov5s: nn.Module) -> None:
     report = profile_model(yolov5s, 640, runs=1, warmup=0, backward=False)
     s = summarize(yolov5s, (640, 640), exact=False)

@@ -101,6 +101,7 @@ def test_killed_writer_leaves_the_old_file(tmp_path: Path) -> None:
     assert list(tmp_path.glob("*.onnx")) == [target]
 
 
+@pytest.mark.slow
 def test_killed_export_leaves_the_old_file(tmp_path: Path, n320: Exported) -> None:
     out = tmp_path / "out"
     out.mkdir()
@@ -146,6 +147,7 @@ def test_concurrent_pair_writers_always_leave_a_matching_pair(tmp_path: Path) ->
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.onnx"]  # no temporaries left
 
 
+@pytest.mark.slow
 def test_concurrent_exports_to_one_name_agree(tmp_path: Path) -> None:
     """Two real `yexport export` runs (different seeds, so different bytes) into one folder and name."""
     from exporter.io import read_manifest

@@ -83,6 +83,7 @@ def test_cuda_really_runs_on_a_gpu_machine(n320: Exported) -> None:
     assert r.exit_code == (0 if rep["passed"] else 1), r.output
 
 
+@pytest.mark.slow
 def test_training_file_checked_against_train_reference(n320_training: TrainingExport) -> None:
     path = n320_training.exported.path
     r = yexport("check", path, "--json")  # no --against, no flag: the metadata says yolov5n, train mode
@@ -93,6 +94,7 @@ def test_training_file_checked_against_train_reference(n320_training: TrainingEx
     assert "(train reference)" in text.stdout and text.exit_code == 0
 
 
+@pytest.mark.slow
 def test_eval_reference_would_fail_the_training_file(n320_training: TrainingExport, tmp_path: Path) -> None:
     """The same file with its training flag removed from the metadata is checked against an eval forward,
     and fails: the train-mode reference is what makes the check above pass."""

@@ -22,6 +22,7 @@ def capture_record(e: Exported) -> dict:
     return next(s for s in e.manifest["stages"] if s["name"] == "capture")
 
 
+@pytest.mark.slow
 def test_dynamo_small_model_fused(tmp_path: Path) -> None:
     r = yexport("export", "yolov5n", "--img", "320", "--exporter", "dynamo", "-o", tmp_path)
     assert r.exit_code == 0, r.output
@@ -43,6 +44,7 @@ def test_dynamo_refuses_training_mode(tmp_path: Path) -> None:
     assert not tmp_path.joinpath("yolov5n.onnx").exists()
 
 
+@pytest.mark.slow
 def test_opset_the_exporter_cannot_give(tmp_path: Path) -> None:
     """dynamo builds opset 18 and cannot convert this graph down to 7: the checker stage says so, in one
     line (the converter's own warnings and traceback are not shown)."""

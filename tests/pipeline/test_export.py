@@ -26,6 +26,7 @@ from tests.pipeline.conftest import (
     bn_nodes,
     builtin,
     check_written,
+    export_cli,
     input_dims,
     metadata,
     ops,
@@ -55,6 +56,7 @@ def all_cases_pass(e: Exported) -> None:
 # ----------------------------------------------------------------------- yolov5s (v6+) at 640
 
 
+@pytest.mark.slow
 def test_default_export_fuses_every_batchnorm(s640: Exported) -> None:
     check_written(s640)
     assert n_batchnorm2d(builtin("yolov5s").model) == 57  # there was something to fuse
@@ -65,6 +67,7 @@ def test_default_export_fuses_every_batchnorm(s640: Exported) -> None:
     assert s640.parity["reference"] == "eval"
 
 
+@pytest.mark.slow
 def test_keep_bn_simplify_keeps_57_batchnorms_in_eval_mode(s640_keep_bn: Exported) -> None:
     e = s640_keep_bn
     check_written(e)
@@ -82,6 +85,7 @@ def test_keep_bn_simplify_keeps_57_batchnorms_in_eval_mode(s640_keep_bn: Exporte
     assert e.manifest["options"]["keep_bn"] is True and e.manifest["options"]["simplify"] is True
 
 
+@pytest.mark.slow
 def test_v5_keep_bn_keeps_59_batchnorms(tmp_path: Path) -> None:
     r = yexport("export", "yolov5s-v5.0", "--keep-bn", "--img", "320", "-o", tmp_path)
     assert r.exit_code == 0, r.output
@@ -93,6 +97,7 @@ def test_v5_keep_bn_keeps_59_batchnorms(tmp_path: Path) -> None:
     assert re.search(r"yolov5s-v5\.0\.onnx\s+\d+\s+59\s", r.stdout), r.stdout
 
 
+@pytest.mark.slow
 def test_manifest(s640: Exported) -> None:
     m = s640.manifest
     # the CLI's --json is the manifest
@@ -121,6 +126,7 @@ def test_manifest(s640: Exported) -> None:
     assert m["parity"]["providers"][0]["outputs"][0]["name"] == "output0"
 
 
+@pytest.mark.slow
 def test_metadata_props(s640: Exported) -> None:
     meta = metadata(s640.model)
     model = builtin("yolov5s").model
@@ -134,6 +140,7 @@ def test_metadata_props(s640: Exported) -> None:
     assert s640.model.producer_name == "yexport"
 
 
+@pytest.mark.slow
 def test_keep_bn_metadata(s640_keep_bn: Exported) -> None:
     meta = metadata(s640_keep_bn.model)
     assert meta["yexport.keep_bn"] == "1"
@@ -144,6 +151,7 @@ def test_keep_bn_metadata(s640_keep_bn: Exported) -> None:
 # ---------------------------------------------------------------------------------- training mode
 
 
+@pytest.mark.slow
 def test_training_mode_batchnorm_uses_batch_statistics(n320_training: TrainingExport) -> None:
     e = n320_training.exported
     check_written(e)
@@ -155,6 +163,7 @@ def test_training_mode_batchnorm_uses_batch_statistics(n320_training: TrainingEx
     assert any("training mode" in n for n in e.manifest["notes"])
 
 
+@pytest.mark.slow
 def test_training_mode_leaves_caller_model_untouched(n320_training: TrainingExport) -> None:
     after = n320_training.model.state_dict()
     before = n320_training.before
@@ -165,6 +174,7 @@ def test_training_mode_leaves_caller_model_untouched(n320_training: TrainingExpo
     assert not n320_training.model.training  # still in eval mode
 
 
+@pytest.mark.slow
 def test_a_train_mode_forward_would_have_changed_the_statistics(n320_training: TrainingExport) -> None:
     """What the previous test guards against: the same forward on the caller's model mutates it."""
     from exporter.models.weights import synthetic_images
@@ -305,6 +315,22 @@ def variants(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, E
     return r.stdout, {v: Exported.read(out / f"yolov5n-{v}.onnx") for v in VARIANTS.split(",")}
 
 
+def test_int_shapes_default_and_no_int_shapes_on_a_dynamic_batch(tmp_path: Path) -> None:
+    """The quick guard of the int-shapes default (the variants tests add parity at three batch sizes)."""
+    def export(*flags: str) -> Exported:
+        name = "-".join(f.strip("-") for f in flags) or "static"
+        return export_cli(tmp_path, "yolov5n", "--img", "128", "--no-check", *flags, name=name)
+
+    static, dynamic = export(), export("--dynamic", "batch")
+    plain = export("--dynamic", "batch", "--no-int-shapes")
+    assert input_dims(dynamic.model) == input_dims(plain.model) == ["batch", 3, 128, 128]
+    assert dynamic.ops.get("Shape", 0) == dynamic.ops.get("Gather", 0) == 0
+    assert len(dynamic.model.graph.node) == len(static.model.graph.node)
+    assert plain.ops.get("Shape", 0) > 0 and plain.ops.get("Gather", 0) > 0
+    assert export("--no-int-shapes").ops == static.ops  # static: constant folding bakes the sizes anyway
+
+
+@pytest.mark.slow
 def test_variants_summary_table(variants: tuple[str, dict[str, Exported]]) -> None:
     stdout, files = variants
     lines = stdout.splitlines()
@@ -324,6 +350,7 @@ def test_variants_summary_table(variants: tuple[str, dict[str, Exported]]) -> No
     assert files["keep-bn"].ops["BatchNormalization"] == 57 and files["fused"].ops.get("BatchNormalization", 0) == 0
 
 
+@pytest.mark.slow
 def test_dynamic_batch_gets_int_shapes_by_default(variants: tuple[str, dict[str, Exported]]) -> None:
     """Int shapes are exact for a dynamic batch at a fixed image size: the default graph is the static
     one with a symbolic batch; --no-int-shapes keeps the traced Shape -> Gather chains."""
@@ -346,6 +373,7 @@ def test_dynamic_batch_gets_int_shapes_by_default(variants: tuple[str, dict[str,
     all_cases_pass(plain)
 
 
+@pytest.mark.slow
 def test_dynamic_all_passes_at_three_image_sizes(variants: tuple[str, dict[str, Exported]]) -> None:
     e = variants[1]["dynamic-all"]
     assert input_dims(e.model) == ["batch", 3, "height", "width"]

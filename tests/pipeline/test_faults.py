@@ -44,6 +44,7 @@ def test_every_seeded_fault_fails(good, fault: str) -> None:
     assert "output0 FAIL at" in report.format()
 
 
+@pytest.mark.slow
 def test_check_cli_fails_a_broken_file_and_names_the_layer(good, tmp_path: Path) -> None:
     proto, _ = good
     bad = broken(proto, faults(proto)["middle conv x1.001"])

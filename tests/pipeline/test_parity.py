@@ -256,6 +256,7 @@ def test_bad_atol(n320: Exported, value: str) -> None:
 # ------------------------------------------------------------------- training-mode reference
 
 
+@pytest.mark.slow
 def test_training_file_needs_the_train_reference(n320_training: TrainingExport) -> None:
     e, model = n320_training.exported, builtin("yolov5n").model
     auto = check_parity(e.path, model)  # picks the train-mode reference from the file's metadata

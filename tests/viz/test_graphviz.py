@@ -69,6 +69,7 @@ def test_collapse_torchscript_names(toy_onnx):
     assert ("b2", "b3") in found and ("b0", "b2") not in found
 
 
+@pytest.mark.slow
 def test_collapse_dynamo_metadata(toy_dynamo_onnx):
     model = load_onnx(toy_dynamo_onnx)
     conv = next(n for n in model.graph.node if n.op_type == "Conv")
