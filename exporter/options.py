@@ -46,6 +46,7 @@ class ExportOptions:
     images: str | None = None
     seed: int = 0
     detections: bool = True  # report detections after NMS beside the verdict
+    strict: bool = False  # a degenerate comparison (an output constant on every input) fails the check
 
     @property
     def fuse_bn(self) -> bool:

@@ -122,6 +122,9 @@ def parity_options(f: F) -> F:
                           "image of --images). Never the capture example."),
         click.option("--images", type=click.Path(file_okay=False), default=None,
                      help="Check on your own JPEG/PNG images (letterboxed) instead of synthetic ones."),
+        click.option("--strict", is_flag=True, default=False,
+                     help="Fail when a comparison is degenerate: an output that is constant (e.g. all zeros) "
+                          "or empty on every input says nothing about the graph."),
         click.option("--detections/--no-detections", default=True, show_default=True,
                      help="Report detections after NMS (conf 0.25, IoU 0.45) against float64's, beside "
                           "PyTorch fp32's own agreement (information, not the verdict)."),

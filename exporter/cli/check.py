@@ -53,7 +53,7 @@ def _against_from_metadata(path: str) -> str | None:
 @model_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def check(file: str, against: str | None, providers: str, require: str, atol: tuple[str, ...], rtol: float | None,
-          inputs: int | None, images: str | None, detections: bool, shapes: str | None, device: str, repeat: int,
+          inputs: int | None, images: str | None, strict: bool, detections: bool, shapes: str | None, device: str, repeat: int,
           cfg: str | None, nc: int | None, seed: int, trust_checkpoint: bool, as_json: bool) -> None:
     """Check FILE.onnx against its PyTorch model on onnxruntime providers.
 
@@ -78,7 +78,8 @@ def check(file: str, against: str | None, providers: str, require: str, atol: tu
     source = load_from_cli(target, cfg, nc, seed, trust_checkpoint)
     report = check_parity(file, source.model, providers=provs, require=req, shapes=_parse_shapes(shapes),
                           inputs=inputs, images=images, atol=a, rtol=rtol, output_atol=per_output, seed=seed,
-                          device=device, detections=detections, repeat=repeat)
+                          device=device, detections=detections, repeat=repeat,
+                          strict=strict)
     if as_json:
         click.echo(json.dumps({"file": file, "against": target, **report.to_dict()}, indent=2))
     else:

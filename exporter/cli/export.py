@@ -91,7 +91,7 @@ def export(model: str, out_dir: str, name: str | None, force: bool, variants: st
            img: tuple[int, int], batch: int, opset: int, exporter: str, half: bool, half_io: str, raw_head: bool, device: str,
            check: bool,
            providers: str, require: str, atol: tuple[str, ...], rtol: float | None, inputs: int | None, images: str | None,
-           detections: bool,
+           strict: bool, detections: bool,
            cfg: str | None, nc: int | None, seed: int, trust_checkpoint: bool, view: bool, as_json: bool) -> None:
     """Export MODEL (a built-in name, a YAML config or a checkpoint; default yolov5s) to ONNX, with a
     manifest beside each file, and check each file against PyTorch on onnxruntime.
@@ -109,7 +109,7 @@ def export(model: str, out_dir: str, name: str | None, force: bool, variants: st
         head="raw" if raw_head else "decode", half=half, half_io=half_io,  # type: ignore[arg-type]
         device=device, check=check, providers=split_list(providers),
         require=split_list(require), atol=a, rtol=rtol, output_atol=per_output, inputs=inputs, images=images, seed=seed,
-        detections=detections,
+        detections=detections, strict=strict,
     )
     names = list(split_list(variants))
     for v in names:  # refuse bad variants and combinations before any work

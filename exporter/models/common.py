@@ -22,6 +22,13 @@ def _deliberate_constant() -> Iterator[None]:
         yield
 
 
+def model_strides(model: nn.Module) -> list[int] | None:
+    """A YOLO model's strides (``model.stride``, a tensor set when it is built), or None for any other
+    module (an ``nn.Conv2d`` has a ``stride`` tuple of its own, which is not a model stride)."""
+    stride = getattr(model, "stride", None)
+    return [int(s) for s in stride.tolist()] if isinstance(stride, torch.Tensor) else None
+
+
 def autopad(k: int, p: int | None = None) -> int:
     """'same' padding for an odd kernel."""
     return k // 2 if p is None else p

@@ -56,18 +56,20 @@ def _tolerance_text(atol: float, rtol: float, output_atol: dict[str, float]) -> 
 def compare_with(onnx_model: Any, ref: Reference, *, providers: tuple[str, ...] | list[str] = ("cpu",),
                  require: tuple[str, ...] | list[str] = (), atol: float | None = None, rtol: float | None = None,
                  output_atol: dict[str, float] | None = None, model: Any = None, detections: bool = True,
-                 repeat: int = 1) -> ParityReport:
+                 repeat: int = 1, strict: bool = False) -> ParityReport:
     """Run ``onnx_model`` on each provider for every reference input and compare.
 
     Without ``atol``/``rtol`` the noise-floor rule judges (where the reference has a float64 truth);
     with them, or per output in ``output_atol``, the explicit tolerance does. With ``model`` (the PyTorch
-    model of ``ref``) a failing provider also names the first layer whose error stands out."""
+    model of ``ref``) a failing provider also names the first layer whose error stands out. An output
+    that is constant on every input is reported as degenerate (``strict``: a failure)."""
     import onnx
 
+    from exporter import progress
     from exporter.parity.runtime import run
 
     data = _as_bytes(onnx_model)
-    proto = onnx.load_from_string(data)
+    proto = _structure(data)
     output_atol = dict(output_atol or {})
     out_names = [o.name for o in proto.graph.output]
     unknown = sorted(set(output_atol) - set(out_names))
@@ -99,13 +101,15 @@ def compare_with(onnx_model: Any, ref: Reference, *, providers: tuple[str, ...] 
         if sess is None or not result.ran:
             continue
         runs[requested] = []
-        for case in ref.cases:
+        for k, case in enumerate(ref.cases, 1):
+            progress.step(f"parity {requested}: input", k, len(ref.cases), kind="parity")
             outs = run(sess, proto, case.x, requested)
             if len(outs) != len(case.fp32):
                 raise InputError(f"the ONNX file has {len(outs)} outputs but the model gives {len(case.fp32)}: "
                                  "is it the model this file was exported from?")
             runs[requested].append(outs)
-            result.cases.append(_case(case, outs, out_names, ref, explicit, has_truth, a, r, output_atol, detections))
+            result.cases.append(_case(case, outs, out_names, ref, explicit, has_truth, a, r, output_atol, detections,
+                                      requested))
         if repeat > 1 and ref.cases:
             first = runs[requested][0]
             spread = 0.0
@@ -120,12 +124,34 @@ def compare_with(onnx_model: Any, ref: Reference, *, providers: tuple[str, ...] 
             found = locate(proto, model, ref.cases[failing].x, provider=result.provider,
                            training=ref.mode == "train", head=ref.head)
             result.divergence = str(found)
+    report.degenerate = degenerate_outputs(out_names, ref)
+    report.strict = strict
     if "cpu" in runs:
         for p in report.providers:
             if p.requested != "cpu" and p.requested in runs:
                 p.vs_cpu_max_abs = max((_max_abs(x, y) for xs, ys in zip(runs[p.requested], runs["cpu"], strict=True)
                                         for x, y in zip(xs, ys, strict=True)), default=0.0)
     return report
+
+
+def degenerate_outputs(names: list[str], ref: Reference) -> list[str]:
+    """Outputs whose reference is empty, or one constant value on every input: a comparison of those says
+    nothing about the graph (a zero-initialised head, no detections at this threshold, a dead branch)."""
+    out = []
+    for i, name in enumerate(names):
+        values = [c.f64[i] if c.f64 is not None else c.fp32[i] for c in ref.cases if i < len(c.fp32)]
+        if not values:
+            continue
+        if all(v.size == 0 for v in values):
+            out.append(f"{name} is empty on every input (shape {list(values[0].shape)}): nothing was compared")
+            continue
+        flat = np.concatenate([v.ravel() for v in values if v.size])
+        lo, hi = float(flat.min()), float(flat.max())
+        if lo == hi:
+            hint = "a zero-initialised head or a dead branch?" if lo == 0 else "a constant output?"
+            out.append(f"{name} is {lo:g} everywhere on every input: the comparison says nothing ({hint} "
+                       "try trained weights or --images)")
+    return out
 
 
 def _max_abs(x: np.ndarray, y: np.ndarray) -> float:
@@ -135,11 +161,11 @@ def _max_abs(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def _case(case: Any, outs: list[np.ndarray], names: list[str], ref: Reference, explicit: bool, has_truth: bool,
-          atol: float, rtol: float, output_atol: dict[str, float], detections: bool) -> CaseParity:
+          atol: float, rtol: float, output_atol: dict[str, float], detections: bool, provider: str) -> CaseParity:
     captured = case.exported if case.exported is not None else case.fp32
     results: list[OutputParity] = []
     for i, (name, out) in enumerate(zip(names, outs, strict=True)):
-        floor = case.noise[i]
+        floor = case.noise_for(provider)[i]
         if explicit or not has_truth or name in output_atol:
             results.append(compare_tolerance(name, out, floor, output_atol.get(name, atol), rtol, captured[i]))
             continue
@@ -155,7 +181,7 @@ def _case(case: Any, outs: list[np.ndarray], names: list[str], ref: Reference, e
             and results[0].groups[0].name == "xy":
         from exporter.parity.detections import compare_detections
 
-        dets = compare_detections(outs[0], case.noise[0], case.f64[0], baseline=ref.floor)
+        dets = compare_detections(outs[0], case.noise_for(provider)[0], case.f64[0], baseline=ref.floor)
     return CaseParity(list(case.x.shape), case.label, results, fusion, dets)
 
 
@@ -178,6 +204,7 @@ def check_parity(
     detections: bool = True,
     repeat: int = 1,
     exported: Any = None,
+    strict: bool = False,
 ) -> ParityReport:
     """Compare ``onnx_model`` (path, bytes or ModelProto) with the PyTorch ``model``.
 
@@ -189,7 +216,7 @@ def check_parity(
     if inputs is not None and inputs < 1:
         raise ConfigError(f"inputs={inputs}: parity needs at least one input")
     data = _as_bytes(onnx_model)
-    proto = onnx.load_from_string(data)
+    proto = _structure(data)
     meta = {p.key: p.value for p in proto.metadata_props}
     if training is None:
         training = meta.get("yexport.training") == "1"
@@ -200,12 +227,14 @@ def check_parity(
     explicit = atol is not None or rtol is not None
     ref = build_reference(model, shapes or default_shapes(proto), inputs=inputs, images=images, training=training,
                           head=head, seed=seed, device=device, exported=exported, truth=not explicit,
-                          precision=file_precision(proto))
+                          precision=file_precision(proto), cuda_floor="cuda" in (*providers, *require))
     return compare_with(data, ref, providers=providers, require=require, atol=atol, rtol=rtol,
-                        output_atol=output_atol, model=model, detections=detections, repeat=repeat)
+                        output_atol=output_atol, model=model, detections=detections, repeat=repeat, strict=strict)
 
 
-def _as_bytes(model: Any) -> bytes:
+def _as_bytes(model: Any) -> bytes | str:
+    """The model as onnxruntime opens it: bytes, or for a file whose weights are external data its path
+    (onnxruntime reads the data itself; one protobuf could not hold it), checked by the guarded loader."""
     if isinstance(model, bytes):
         return model
     if isinstance(model, (str, Path)):
@@ -214,5 +243,19 @@ def _as_bytes(model: Any) -> bytes:
             raise InputError(f"{p}: no such file")
         from exporter.graph.load import load_onnx
 
-        return load_onnx(p, load_weights=True).SerializeToString()
+        proto = load_onnx(p, load_weights=False)  # every external reference checked (folder, sizes)
+        if any(t.data_location == 1 for t in proto.graph.initializer):  # TensorProto.EXTERNAL
+            return str(p)
+        return proto.SerializeToString()
     return model.SerializeToString()
+
+
+def _structure(data: bytes | str) -> Any:
+    """The ModelProto of what :func:`_as_bytes` gave, without the external weights for a path."""
+    import onnx
+
+    if isinstance(data, str):
+        from exporter.graph.load import load_onnx
+
+        return load_onnx(data, load_weights=False)
+    return onnx.load_from_string(data)

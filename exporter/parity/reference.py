@@ -25,11 +25,19 @@ class Case:
     f64: list[np.ndarray] | None  # the source model in float64 on the CPU: the truth
     exported: list[np.ndarray] | None = None  # the module exported (e.g. fused), fp32
     floor: list[np.ndarray] | None = None  # the source model in the file's precision when not fp32
+    floor_cuda: list[np.ndarray] | None = None  # the same forward by PyTorch on CUDA, for the CUDA provider
 
     @property
     def noise(self) -> list[np.ndarray]:
         """The forward whose error against float64 is the noise floor (the file's precision)."""
         return self.floor if self.floor is not None else self.fp32
+
+    def noise_for(self, provider: str) -> list[np.ndarray]:
+        """The noise floor for an onnxruntime provider: CUDA's own where PyTorch measured it on CUDA (its
+        convolutions may run in TF32), the CPU's otherwise."""
+        if provider in ("cuda", "tensorrt") and self.floor_cuda is not None:
+            return self.floor_cuda
+        return self.noise
 
 
 @dataclass
@@ -146,13 +154,14 @@ def fused_copy(model: Any) -> Any | None:
 def build_reference(model: Any, shapes: list[tuple[int, ...]], *, inputs: int | None = None,
                     images: str | None = None, training: bool = False, head: str = "decode", seed: int = 0,
                     device: str = "cpu", exported: Any = None, truth: bool = True,
-                    precision: str = "float32") -> Reference:
+                    precision: str = "float32", cuda_floor: bool = False) -> Reference:
     """Forwards of ``model`` for every parity input: the noise floor in the file's ``precision`` (fp32 on
     ``device``; for float16 files PyTorch's float16 on CUDA, or :func:`fp16_storage` on the CPU) and the
     float64 truth on the CPU; with ``exported`` (the module that was captured, when it differs from
     ``model``), its fp32 forward too. ``truth=False`` skips the float64 forward (the explicit tolerance
     rule needs none). For float16 files every input is rounded to float16 first, so all forwards see
-    the values the file sees."""
+    the values the file sees. ``cuda_floor``: also measure the floor with PyTorch on CUDA (for the CUDA
+    provider), where torch can use CUDA."""
     import torch
 
     dev = torch.device(device)
@@ -170,6 +179,11 @@ def build_reference(model: Any, shapes: list[tuple[int, ...]], *, inputs: int | 
         except Exception as exc:  # a module that cannot be cast
             no_f64 = f"the model cannot be cast to float64: {first_line(exc)}"
     exp32 = reference_model(exported, head=head, training=training).to(dev) if exported is not None else None
+    cuda_model, cuda_dtype = None, torch.float32
+    if cuda_floor and torch.cuda.is_available() and dev.type != "cuda":
+        cuda_model = deepcopy(ref32).cuda()
+        if precision == "float16":
+            cuda_model, cuda_dtype = cuda_model.half(), torch.float16
     cases_in = make_inputs(shapes, inputs, seed, images)
     cases = []
     for label, x in cases_in:
@@ -184,7 +198,13 @@ def build_reference(model: Any, shapes: list[tuple[int, ...]], *, inputs: int | 
             except Exception as exc:  # an op without a float64 kernel
                 ref64, no_f64 = None, f"the model cannot run in float64: {first_line(exc)}"
         ye = _forward(exp32, x, torch.float32, dev) if exp32 is not None else None
-        cases.append(Case(label, x, y32, y64, ye, [a.astype(np.float32) for a in yf] if yf is not None else None))
+        yc: list[np.ndarray] | None = None
+        if dev.type == "cuda":  # the floor measured here is CUDA's
+            yc = yf if yf is not None else y32
+        else:
+            yc = _forward(cuda_model, x, cuda_dtype, torch.device("cuda")) if cuda_model is not None else None
+        cases.append(Case(label, x, y32, y64, ye, [a.astype(np.float32) for a in yf] if yf is not None else None,
+                          [a.astype(np.float32) for a in yc] if yc is not None else None))
     if ref64 is None:
         for c in cases:
             c.f64 = None

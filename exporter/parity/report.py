@@ -135,6 +135,8 @@ class ParityReport:
     truth: str = "float64"  # 'float64' or why there is none (then the tolerance rule judged)
     notes: list[str] = field(default_factory=list)
     precision: str = "fp32"  # the file's: fp32 or fp16 (its noise floor is PyTorch in that precision)
+    degenerate: list[str] = field(default_factory=list)  # outputs whose comparison says nothing
+    strict: bool = False  # degenerate outputs fail the check
 
     @property
     def passed(self) -> bool:
@@ -142,6 +144,8 @@ class ParityReport:
         if not ran:
             return False
         if any(p.required and not p.ran for p in self.providers):
+            return False
+        if self.strict and self.degenerate:
             return False
         return all(p.passed for p in ran)
 
@@ -153,7 +157,8 @@ class ParityReport:
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"passed": self.passed, "reference": self.reference, "inputs": self.inputs,
                                "tolerance": self.tolerance, "truth": self.truth, "precision": self.precision,
-                               "notes": list(self.notes), "providers": []}
+                               "notes": list(self.notes), "degenerate": list(self.degenerate),
+                               "strict": self.strict, "providers": []}
         for p in self.providers:
             out["providers"].append({
                 "requested": p.requested, "provider": p.provider, "ran": p.ran, "ran_on": p.ran_on,
@@ -183,37 +188,44 @@ class ParityReport:
             else:
                 worst = max((o.max_abs for o in outs), default=0.0)
                 cells.append(f"{p.requested}: {verdict} (max abs {worst:.1e})")
+        if self.degenerate:
+            cells.append("warning: degenerate output" + (" (strict: FAIL)" if self.strict else ""))
         return "; ".join(cells)
 
-    def format(self) -> str:
+    def format(self, color: bool = False, width: int | None = None) -> str:
         """A readable table: one row per provider, input, output and column group, then the sources of
-        error, the detections, and why a provider did not run."""
+        error, the detections, and why a provider did not run. ``color``/``width``: see
+        :func:`exporter.tables.render` (the CLI sets them for a terminal)."""
+        from exporter.tables import render
+
         lines = [f"parity against PyTorch ({self.reference} reference, truth: {self.truth}), {self.inputs}",
                  f"  rule: {self.tolerance}"]
-        head = (f"  {'provider':<8} {'input':<24} {'output':<14} {'max_abs':>9} {'err q99.9':>10} {self.precision + ' q99.9':>10}"
-                f" {'ratio':>7} {'max ratio':>9}  result")
-        lines.append(head)
+        columns = ("provider", "input", "output", "max_abs", "err q99.9", f"{self.precision} q99.9", "ratio",
+                   "max ratio", "result")
+        rows: list[tuple[str, ...]] = []
         for p in self.providers:
             if not p.ran:
                 continue
             for c in p.cases:
-                label = _clip(c.input, 24)
                 for o in c.outputs:
                     if o.groups:
                         for j, g in enumerate(o.groups):
-                            first = f"{o.max_abs:>9.2e}" if j == 0 else f"{'':>9}"
-                            lines.append(f"  {p.requested:<8} {label:<24} {_clip(f'{o.name}[{g.name}]', 14):<14} "
-                                         f"{first} {g.onnx_q:>10.2e} {g.torch_q:>10.2e} "
-                                         f"{_times(g.ratio):>7} {_times(g.ratio_max):>9}  "
-                                         f"{'pass' if g.passed else 'FAIL'}")
+                            rows.append((p.requested, c.input, f"{o.name}[{g.name}]",
+                                         f"{o.max_abs:.2e}" if j == 0 else "", f"{g.onnx_q:.2e}", f"{g.torch_q:.2e}",
+                                         _times(g.ratio), _times(g.ratio_max), "pass" if g.passed else "FAIL"))
                     else:
-                        tol = f"atol {o.atol:g} rtol {o.rtol:g}" if o.atol is not None else ""
-                        lines.append(f"  {p.requested:<8} {label:<24} {_clip(o.name, 14):<14} {o.max_abs:>9.2e} "
-                                     f"{'':>10} {'':>10} {'':>7} {'':>9}  {'pass' if o.passed else 'FAIL'} {tol}")
+                        tol = f" atol {o.atol:g} rtol {o.rtol:g}" if o.atol is not None else ""
+                        rows.append((p.requested, c.input, o.name, f"{o.max_abs:.2e}", "", "", "", "",
+                                     ("pass" if o.passed else "FAIL") + tol))
+        if rows:
+            table = render(columns, rows, right=columns[3:8], color=color, width=width and width - 2)
+            lines.extend("  " + ln if ln else ln for ln in table.rstrip("\n").splitlines())
         for p in self.providers:
             if p.ran:
                 lines.extend(_provider_lines(p))
         lines.extend(f"  note: {n}" for n in self.notes)
+        tag = " (--strict: FAIL)" if self.strict else ""
+        lines.extend(f"  warning: degenerate comparison: {d}{tag}" for d in self.degenerate)
         for p in self.providers:
             if not p.ran:
                 tag = " (required: FAIL)" if p.required else ""

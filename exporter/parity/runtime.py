@@ -36,7 +36,7 @@ def _captured_stderr() -> Iterator[dict[str, str]]:
             buf["text"] = tmp.read(64 << 10).decode("utf-8", "replace")
 
 
-def open_session(model_bytes: bytes, requested: str) -> tuple[Any, ProviderParity]:
+def open_session(model_bytes: bytes | str, requested: str) -> tuple[Any, ProviderParity]:
     """An onnxruntime session for provider ``requested`` ('cpu', 'cuda', 'tensorrt') and what ran.
 
     A file that the CPU provider cannot load (dangling edges, cycles, unknown operators, an opset that

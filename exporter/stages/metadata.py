@@ -111,11 +111,11 @@ def yolov5_props(model) -> dict[str, str]:
     """The keys YOLOv5's ``DetectMultiBackend`` reads: ``stride`` (max stride as an int) and
     ``names`` (a Python dict literal)."""
     props: dict[str, str] = {}
-    stride = getattr(model, "stride", None)
-    if stride is not None:
-        values = [int(s) for s in (stride.tolist() if hasattr(stride, "tolist") else stride)]
-        if values:
-            props["stride"] = str(max(values))
+    from exporter.models.common import model_strides
+
+    values = model_strides(model)
+    if values:
+        props["stride"] = str(max(values))
     names = class_names(model)
     if names is not None:
         props["names"] = repr(names)
@@ -147,9 +147,11 @@ def metadata(ctx: Context) -> Context:
     }
     if getattr(src, "sha256", ""):
         props["yexport.source_sha256"] = src.sha256
-    stride = getattr(model, "stride", None)
-    if stride is not None:
-        props["yexport.stride"] = ",".join(str(int(s)) for s in stride.tolist())
+    from exporter.models.common import model_strides
+
+    strides = model_strides(model)
+    if strides:
+        props["yexport.stride"] = ",".join(map(str, strides))
     names = getattr(model, "names", None)
     if names is not None:
         props["yexport.names"] = json.dumps(list(names.values()) if isinstance(names, dict) else list(names))

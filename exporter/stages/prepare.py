@@ -177,8 +177,9 @@ def prepare(ctx: Context) -> Context:
     from exporter.models.weights import synthetic_images
 
     o = ctx.options
-    stride = getattr(ctx.source.model, "stride", None)
-    smax = int(stride.max()) if stride is not None else 32
+    from exporter.models.common import model_strides
+
+    smax = max(model_strides(ctx.source.model) or [32])
     if o.img[0] % smax or o.img[1] % smax:
         raise ConfigError(f"--img {o.img[0]},{o.img[1]}: this model's largest stride is {smax}; "
                           f"use sizes that are multiples of {smax}")
