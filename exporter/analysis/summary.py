@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from copy import deepcopy
 from typing import Any
 
 import torch
@@ -42,9 +41,33 @@ def layer_rows(model: nn.Module) -> list[dict[str, Any]]:
     return rows
 
 
-def summarize(model: nn.Module, img: tuple[int, int] = (640, 640), exact: bool = True) -> dict[str, Any]:
-    """The ``yexport info`` figures. GFLOPs: the reference method (a stride-sized input, scaled by
-    ``(img / stride)^2``) and, with ``exact``, a full-size count."""
+def output_shapes(model: nn.Module, img: tuple[int, int]) -> Any:
+    """Output shapes of a YOLOv5 model at ``img`` worked out from its Detect layer (no forward), or None.
+
+    Decoded: ``(1, sum(na * ny * nx), no)``; raw: ``(1, na, ny, nx, no)`` per level, with ``ny = h / stride``
+    as the model computes it (each stride-2 step rounds up; a size that is a multiple of the largest
+    stride divides exactly, and other sizes are left to ``--exact``)."""
+    det = getattr(model, "detect", None)
+    if not isinstance(det, Detect) or det.stride is None:
+        return None
+    strides = [int(s) for s in det.stride.tolist()]
+    if any(img[0] % s or img[1] % s for s in strides):
+        return None
+    raw = [[1, det.na, img[0] // s, img[1] // s, det.no] for s in strides]
+    decoded = [1, sum(r[1] * r[2] * r[3] for r in raw), det.no]
+    out = getattr(det, "output", "decode")
+    if out == "raw":
+        return raw
+    if out == "decode":
+        return decoded
+    return {"decoded": decoded, "raw": raw}
+
+
+def summarize(model: nn.Module, img: tuple[int, int] = (640, 640), exact: bool = False) -> dict[str, Any]:
+    """The ``yexport info`` figures. GFLOPs by the reference method (one forward at a stride-sized input,
+    scaled by ``(img / stride)^2``); with ``exact``, also a full-size count (``gflops_exact``) and the
+    output shapes from that forward. Without it the output shapes of a YOLOv5 model are worked out from
+    its Detect layer. ``model`` is not changed (its train/eval mode is restored)."""
     params = sum(p.numel() for p in model.parameters())
     grads = sum(p.numel() for p in model.parameters() if p.requires_grad)
     conv_bn = [m for m in model.modules() if isinstance(m, Conv) and hasattr(m, "bn")]
@@ -53,33 +76,41 @@ def summarize(model: nn.Module, img: tuple[int, int] = (640, 640), exact: bool =
     params_fused = params - sum(m.bn.num_features for m in conv_bn)
     stride = getattr(model, "stride", None)
     smax = max(int(stride.max()), 32) if stride is not None else 32
-    model = deepcopy(model).eval()
-    gflops_stride = count_flops(model, (1, 3, smax, smax)) / 1e9 * (img[0] / smax) * (img[1] / smax)
-    out: dict[str, Any] = {
-        "layers": len(list(model.modules())),
-        "parameters": params,
-        "gradients": grads,
-        "parameters_fused": params_fused,
-        "batchnorm_layers": len(bns),
-        "img": list(img),
-        "gflops": round(gflops_stride, 3),
-        "gflops_method": f"stride-sized input {smax}x{smax} scaled by (img/stride)^2",
-    }
-    det = getattr(model, "detect", None)
-    if isinstance(det, Detect) and det.stride is not None:
-        out["strides"] = [int(s) for s in det.stride.tolist()]
-        out["anchors"] = (det.anchors * det.stride.view(-1, 1, 1)).round().int().tolist()
-        out["nc"] = det.nc
-    if exact:
-        from torch.utils.flop_counter import FlopCounterMode
+    was_training = model.training
+    model.eval()  # an eval forward under no_grad changes nothing in the model: no copy needed
+    try:
+        gflops_stride = count_flops(model, (1, 3, smax, smax)) / 1e9 * (img[0] / smax) * (img[1] / smax)
+        out: dict[str, Any] = {
+            "layers": len(list(model.modules())),
+            "parameters": params,
+            "gradients": grads,
+            "parameters_fused": params_fused,
+            "batchnorm_layers": len(bns),
+            "img": list(img),
+            "gflops": round(gflops_stride, 3),
+            "gflops_method": f"stride-sized input {smax}x{smax} scaled by (img/stride)^2",
+        }
+        det = getattr(model, "detect", None)
+        if isinstance(det, Detect) and det.stride is not None:
+            out["strides"] = [int(s) for s in det.stride.tolist()]
+            out["anchors"] = (det.anchors * det.stride.view(-1, 1, 1)).round().int().tolist()
+            out["nc"] = det.nc
+        if exact:
+            from torch.utils.flop_counter import FlopCounterMode
 
-        p = next(model.parameters())
-        with torch.no_grad(), FlopCounterMode(display=False) as fc:
-            y = model(torch.zeros((1, 3, *img), device=p.device, dtype=p.dtype))
-        out["gflops_exact"] = round(fc.get_total_flops() / 1e9, 3)
-        if isinstance(y, tuple) and len(y) == 2:
-            out["outputs"] = {"decoded": shapes_of(y[0]), "raw": shapes_of(y[1])}
+            p = next(model.parameters())
+            with torch.no_grad(), FlopCounterMode(display=False) as fc:
+                y = model(torch.zeros((1, 3, *img), device=p.device, dtype=p.dtype))
+            out["gflops_exact"] = round(fc.get_total_flops() / 1e9, 3)
+            if isinstance(y, tuple) and len(y) == 2:
+                out["outputs"] = {"decoded": shapes_of(y[0]), "raw": shapes_of(y[1])}
+            else:
+                out["outputs"] = shapes_of(y)
         else:
-            out["outputs"] = shapes_of(y)
-    out["layer_rows"] = layer_rows(model)
+            shapes = output_shapes(model, img)
+            if shapes is not None:
+                out["outputs"] = shapes
+        out["layer_rows"] = layer_rows(model)
+    finally:
+        model.train(was_training)
     return out

@@ -6,6 +6,7 @@ import json
 
 import click
 
+from exporter.cli._help import Command
 from exporter.cli._options import IMG, load_from_cli, model_options
 
 
@@ -22,25 +23,36 @@ def _list_models() -> None:
                    f"{cfg.get('width_multiple', 1):>5}  {path.name}")
 
 
-@click.command("info")
+EXAMPLES = (
+    'yexport info yolov5s --img 640',
+    'yexport info yolov5s --verbose       # plus the per-layer table',
+    'yexport info --list                  # the built-in models',
+    'yexport info my.pt --json',
+)
+
+
+@click.command("info", cls=Command, examples=EXAMPLES,
+               short_help='Model summary: layers, parameters, GFLOPs, strides, anchors.')
 @click.argument("model", required=False, default="yolov5s")
 @model_options
 @click.option("--img", "--imgsz", "img", type=IMG, default="640", show_default=True,
               help="Image size H or H,W for GFLOPs and output shapes.")
+@click.option("--exact", is_flag=True,
+              help="Also count FLOPs exactly with one forward at full size (torch.utils.flop_counter; slower).")
 @click.option("--verbose", "-v", is_flag=True, help="Print the per-layer table.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--list", "list_models", is_flag=True, help="List the built-in model names and exit.")
 def info(model: str, cfg: str | None, nc: int | None, seed: int, trust_checkpoint: bool, img: tuple[int, int],
-         verbose: bool, as_json: bool, list_models: bool) -> None:
+         exact: bool, verbose: bool, as_json: bool, list_models: bool) -> None:
     """Summarize MODEL (a built-in name, a YAML config or a checkpoint; default yolov5s): layers,
-    parameters, GFLOPs (stride method and exact), strides, anchors, output shapes."""
+    parameters, GFLOPs (stride method; exact with --exact), strides, anchors, output shapes."""
     if list_models:
         _list_models()
         return
     from exporter.analysis.summary import summarize
 
     lm = load_from_cli(model, cfg, nc, seed, trust_checkpoint)
-    s = summarize(lm.model, img)
+    s = summarize(lm.model, img, exact=exact)
     rows = s.pop("layer_rows")
     if as_json:
         # "layers" is the per-layer table in JSON; the module count is "modules"
@@ -55,7 +67,8 @@ def info(model: str, cfg: str | None, nc: int | None, seed: int, trust_checkpoin
     click.echo(f"summary: {s['layers']} layers, {s['parameters']:,} parameters, {s['gradients']:,} gradients, "
                f"{s['gflops']:.1f} GFLOPs at {h}x{w}")
     click.echo(f"fused: {s['parameters_fused']:,} parameters ({s['batchnorm_layers']} BatchNorm2d layers folded)")
-    click.echo(f"GFLOPs: {s['gflops']:.2f} ({s['gflops_method']}); {s['gflops_exact']:.2f} exact at {h}x{w}")
+    exact_text = f"{s['gflops_exact']:.2f} exact at {h}x{w}" if "gflops_exact" in s else "exact count: --exact"
+    click.echo(f"GFLOPs: {s['gflops']:.2f} ({s['gflops_method']}); {exact_text}")
     if "strides" in s:
         click.echo(f"strides: {s['strides']}")
         for st, a in zip(s["strides"], s["anchors"], strict=True):

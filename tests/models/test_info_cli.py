@@ -55,6 +55,21 @@ def test_info_json() -> None:
     assert s["outputs"]["decoded"] == [1, 25200, 85]
 
 
+def test_info_quick_by_default_exact_on_request() -> None:
+    quick = json.loads(run("info", "yolov5n", "--img", "128", "--json").stdout)
+    assert "gflops_exact" not in quick
+    r = run("info", "yolov5n", "--img", "128", "--json", "--exact")
+    assert r.exit_code == 0, r.output
+    exact = json.loads(r.stdout)
+    assert exact["gflops_exact"] == pytest.approx(exact["gflops"], rel=0.02)
+    assert quick["outputs"] == exact["outputs"]  # worked out from Detect == the forward's shapes
+    assert {k: v for k, v in quick.items() if k != "gflops_exact"} == \
+        {k: v for k, v in exact.items() if k != "gflops_exact"}
+    text = run("info", "yolov5n", "--img", "128").stdout
+    assert "exact count: --exact" in text
+    assert "exact at 128x128" in run("info", "yolov5n", "--img", "128", "--exact").stdout
+
+
 def test_info_text_and_verbose_table() -> None:
     r = run("info", "yolov5n", "--img", "64")
     assert r.exit_code == 0, r.output
