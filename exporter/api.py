@@ -57,27 +57,42 @@ def export_one(source: Any, options: ExportOptions, path: str | Path, variant: s
     A file that fails parity is written beside the target as ``NAME.parity-failed.onnx`` so it can
     be inspected, and an existing good file at ``path`` is left as it was.
     """
-    from exporter.stages import STAGES
+    from exporter.stages import STAGES, external
 
     options.validate()
     path = Path(path)
     t0 = time.perf_counter()
-    ctx = run_pipeline(Context(options=options, source=source), STAGES)
+    ctx = run_pipeline(Context(options=options, source=source, output=path), STAGES)
+    try:
+        return _write(ctx, source, options, path, variant, t0)
+    finally:
+        external.discard(ctx.external_dir)
+
+
+def _write(ctx: Context, source: Any, options: ExportOptions, path: Path, variant: str, t0: float) -> ExportResult:
+    """Commit the graph of ``ctx`` (and its weights, as external data when they are big) with its manifest."""
+    from exporter.stages import external
+
     failures = [f"{r.name}: {r.error}" for r in ctx.records if not r.ok]
-    data = ctx.onnx.SerializeToString()
     passed = ctx.parity is None or bool(ctx.parity)
     target = path if passed else path.with_name(path.stem + ".parity-failed.onnx")
     t_write = time.perf_counter()
-    pair = PairWriter(target)  # the .onnx and its manifest are committed together, below
+    pair = PairWriter(target)  # the .onnx, its data file and its manifest are committed together, below
+    model = ctx.graph
+    if ctx.external_dir is not None or external.inline_bytes(model) >= external.external_threshold():
+        pair.stage_data(lambda f: external.write_external(model, ctx.external_dir, f, pair.data_path.name))
+    data = model.SerializeToString()
     pair.stage(data)
-    write_rec = StageRecord("write", True, round(time.perf_counter() - t_write, 4), None, None,
-                            f"{target.name} ({len(data):,} bytes)", "none")
+    written = f"{target.name} ({len(data):,} bytes)"
+    if pair.data_sha256 is not None:
+        written += f" + {pair.data_path.name} ({pair.data_size:,} bytes)"
+    write_rec = StageRecord("write", True, round(time.perf_counter() - t_write, 4), None, None, written, "none")
     records = (*ctx.records, write_rec)
     ops = dict(sorted(op_counts(ctx.onnx).items()))
     seconds = time.perf_counter() - t0
     result = ExportResult(variant or "export", target, None, options, records, ctx.parity, ctx.parity_unsimplified,
-                          len(ctx.onnx.graph.node), ops, len(data), seconds, ctx.notes, ctx.tracer_warnings,
-                          failures)
+                          len(ctx.onnx.graph.node), ops, len(data) + pair.data_size, seconds, ctx.notes,
+                          ctx.tracer_warnings, failures)
     manifest = {
         "file": target.name,
         "sha256": hashlib.sha256(data).hexdigest(),
@@ -91,6 +106,7 @@ def export_one(source: Any, options: ExportOptions, path: str | Path, variant: s
         "ops": ops,
         "notes": list(ctx.notes),
         "tracer_warnings": list(ctx.tracer_warnings),
+        "capture_attempts": list(ctx.capture_attempts),
         "failures": failures,
         "parity": ctx.parity.to_dict() if ctx.parity is not None else None,
         "parity_before_simplify": ctx.parity_unsimplified.to_dict() if ctx.parity_unsimplified is not None else None,

@@ -1,11 +1,12 @@
 """Reading and writing files safely.
 
 Writing: a temporary file in the target directory, fsynced, then a rename, so a reader sees the old
-file or the complete new one. An ONNX file and its manifest are committed as a pair
-(:class:`PairWriter`): both temporary files are written first, then renamed under a lock on the
-directory, ``.onnx`` first, so two writers never interleave their renames and the manifest's sha256
-always names the ``.onnx`` beside it except in the moment between the two renames (which
-:func:`read_manifest` detects). Temporary names carry the writer's pid; the stale-temp sweep removes
+file or the complete new one. An ONNX file and its manifest are committed as a set
+(:class:`PairWriter`): ``NAME.onnx.data`` (the weights, for a model stored with external data),
+``NAME.onnx`` and ``NAME.json``. All temporary files are written first, then renamed under a lock on
+the directory, data first and manifest last, so two writers never interleave their renames and the
+manifest's sha256 values always name the files beside it except in the moments between the renames
+(which :func:`read_manifest` detects). Temporary names carry the writer's pid; the stale-temp sweep removes
 only temporaries whose writer is dead or that are over an hour old.
 
 Reading: :func:`regular_file` refuses FIFOs, devices and unreadable files before anything opens them
@@ -23,7 +24,7 @@ import os
 import secrets
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -176,6 +177,15 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     if digest != manifest["sha256"]:
         raise InputError(f"{mpath}: the manifest does not match {onnx.name} (sha256 {manifest['sha256'][:12]}... "
                          f"vs {digest[:12]}...): an interrupted or concurrent export; export it again")
+    data_file = manifest.get("data_file")
+    if data_file is not None:
+        if not isinstance(data_file, str) or Path(data_file).name != data_file or not data_file:
+            raise InputError(f"{mpath}: the manifest names a data file outside its folder: {data_file!r}")
+        digest = sha256_file(regular_file(mpath.with_name(data_file), "external data file"))
+        if digest != manifest.get("data_sha256"):
+            raise InputError(f"{mpath}: the manifest does not match {data_file} (sha256 "
+                             f"{str(manifest.get('data_sha256'))[:12]}... vs {digest[:12]}...): an interrupted or "
+                             "concurrent export; export it again")
     return manifest
 
 
@@ -280,22 +290,43 @@ def atomic_write(path: str | Path, data: bytes | str) -> Path:
     return p
 
 
+class _HashingWriter:
+    """A binary file that also hashes and counts what is written to it."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.h, self.size = f, hashlib.sha256(), 0
+
+    def write(self, b: bytes) -> int:
+        self.h.update(b)
+        self.size += len(b)
+        return self.f.write(b)
+
+
 class PairWriter:
-    """Commit ``NAME.onnx`` and its manifest ``NAME.json`` as a pair::
+    """Commit ``NAME.onnx``, its manifest ``NAME.json`` and, for a model with external data, its data
+    file ``NAME.onnx.data`` as one set::
 
         w = PairWriter(path)
+        w.stage_data(fill)           # optional: temporary .onnx.data written by fill(f), fsynced, hashed
         w.stage(onnx_bytes)          # temporary .onnx, fsynced
-        w.commit(manifest_dict)      # temporary .json (sha256 of the staged bytes), then both renamed
+        w.commit(manifest_dict)      # temporary .json (sha256 of both), then all renamed
 
+    The renames run data, ``.onnx``, manifest under the directory lock; a commit without a data file
+    removes a data file of that name left by an earlier export, so the set never mixes two exports.
     Use it as a context manager (or call :meth:`discard`) so an error removes the temporaries.
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.manifest_path = self.path.with_suffix(".json")
+        self.data_path = self.path.with_name(self.path.name + ".data")
         self._tmps: list[Path] = []
+        self._onnx_tmp: Path | None = None
+        self._data_tmp: Path | None = None
         self.sha256: str | None = None
         self.size = 0
+        self.data_sha256: str | None = None
+        self.data_size = 0
 
     def __enter__(self) -> PairWriter:
         return self
@@ -303,26 +334,54 @@ class PairWriter:
     def __exit__(self, *exc: object) -> None:
         self.discard()
 
-    def stage(self, data: bytes) -> None:
+    def _sweep(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        sweep_stale(self.path)
-        sweep_stale(self.manifest_path)
-        self._tmps.append(_write_temp(self.path, data))
+        for p in (self.path, self.manifest_path, self.data_path):
+            sweep_stale(p)
+
+    def stage_data(self, fill: Callable[[Any], Any]) -> None:
+        """Write the external data file's temporary through ``fill(f)`` (``f.write(bytes)``), streamed:
+        it is never held in memory; its sha256 and size go into the manifest."""
+        self._sweep()
+        tmp = _temp_path(self.data_path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        self._tmps.append(tmp)
+        with os.fdopen(fd, "wb") as f:
+            w = _HashingWriter(f)
+            fill(w)
+            f.flush()
+            os.fsync(f.fileno())
+        self._data_tmp = tmp
+        self.data_sha256, self.data_size = w.h.hexdigest(), w.size
+
+    def stage(self, data: bytes) -> None:
+        self._sweep()
+        self._onnx_tmp = _write_temp(self.path, data)
+        self._tmps.append(self._onnx_tmp)
         self.sha256, self.size = hashlib.sha256(data).hexdigest(), len(data)
 
     def commit(self, manifest: dict[str, Any]) -> tuple[Path, Path]:
-        """Write the manifest (its ``file``, ``sha256`` and ``bytes`` name the staged file) and rename
-        both into place under the directory lock; returns ``(onnx path, manifest path)``."""
-        if self.sha256 is None or len(self._tmps) != 1:
-            raise RuntimeError("PairWriter.commit needs exactly one stage() first")
+        """Write the manifest (its ``file``, ``sha256`` and ``bytes`` name the staged file; ``data_file``,
+        ``data_sha256``, ``data_bytes`` its data file) and rename the set into place under the directory
+        lock; returns ``(onnx path, manifest path)``."""
+        if self.sha256 is None or self._onnx_tmp is None:
+            raise RuntimeError("PairWriter.commit needs stage() first")
         manifest = {**manifest, "file": self.path.name, "sha256": self.sha256, "bytes": self.size}
-        self._tmps.append(_write_temp(self.manifest_path, (json.dumps(manifest, indent=2) + "\n").encode()))
-        onnx_tmp, json_tmp = self._tmps
+        if self._data_tmp is not None:
+            manifest.update(data_file=self.data_path.name, data_sha256=self.data_sha256, data_bytes=self.data_size)
+        json_tmp = _write_temp(self.manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
+        self._tmps.append(json_tmp)
         with _dir_lock(self.path.parent):
-            os.replace(onnx_tmp, self.path)
-            self._tmps.remove(onnx_tmp)
+            if self._data_tmp is not None:
+                os.replace(self._data_tmp, self.data_path)
+                self._tmps.remove(self._data_tmp)
+            os.replace(self._onnx_tmp, self.path)
+            self._tmps.remove(self._onnx_tmp)
             os.replace(json_tmp, self.manifest_path)
             self._tmps.remove(json_tmp)
+            if self._data_tmp is None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.data_path)  # an earlier export's weights: not part of this set
         _fsync_dir(self.path.parent)
         return self.path, self.manifest_path
 

@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from exporter.errors import StageError, YexportError
@@ -43,6 +44,7 @@ class Context:
     records: tuple[StageRecord, ...] = ()
     notes: tuple[str, ...] = ()  # honest statements about numerics, for the report
     tracer_warnings: tuple[str, ...] = ()  # TracerWarnings of the capture (file:line: message)
+    external_dir: Path | None = None  # working folder of the weights when they are external data (capture)
 
     def replace(self, **changes: Any) -> Context:
         return dataclasses.replace(self, **changes)

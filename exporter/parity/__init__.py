@@ -63,8 +63,6 @@ def compare_with(onnx_model: Any, ref: Reference, *, providers: tuple[str, ...] 
     with them, or per output in ``output_atol``, the explicit tolerance does. With ``model`` (the PyTorch
     model of ``ref``) a failing provider also names the first layer whose error stands out. An output
     that is constant on every input is reported as degenerate (``strict``: a failure)."""
-    import onnx
-
     from exporter import progress
     from exporter.parity.runtime import run
 
@@ -211,8 +209,6 @@ def check_parity(
     ``training``/``head``/``shapes`` default to what the file's yexport metadata says (a training-mode
     file is compared with a train-mode forward on a copy; a fused file's capture error is measured
     against a fused copy). Returns a :class:`ParityReport` (truthy on pass)."""
-    import onnx
-
     if inputs is not None and inputs < 1:
         raise ConfigError(f"inputs={inputs}: parity needs at least one input")
     data = _as_bytes(onnx_model)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from exporter.options import ExportOptions
 from exporter.pipeline import Stage
-from exporter.stages.capture import capture
 from exporter.stages.checker import checker
+from exporter.stages.external import capture_any
 from exporter.stages.half import half
 from exporter.stages.infer_shapes import infer_shapes
 from exporter.stages.metadata import metadata
@@ -17,7 +17,7 @@ from exporter.stages.tidy import tidy
 STAGES: tuple[Stage, ...] = (
     Stage("prepare", prepare, numerics=lambda o: "Conv+BN folded into the convs: fp32 reassociation, ~1e-7 "
           "relative per layer" if o.fuse_bn else "none (BatchNorm kept)"),
-    Stage("capture", capture, numerics=lambda o: "BatchNorm normalises with batch statistics: outputs depend on "
+    Stage("capture", capture_any, numerics=lambda o: "BatchNorm normalises with batch statistics: outputs depend on "
           "the whole batch" if o.training else "none (eval mode)"),
     Stage("tidy", tidy, lambda o: o.tidy, numerics=lambda o: "constants folded in fp32 (grids, scalings)"
           + ("; BatchNorm kept" if o.bn_kept else "")),

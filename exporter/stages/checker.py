@@ -28,9 +28,15 @@ def expected_batchnorms(ctx: Context) -> int:
 def checker(ctx: Context) -> Context:
     import onnx
 
+    from exporter.stages.external import has_external, saved_copy
+
     o = ctx.options
     m = ctx.graph
-    onnx.checker.check_model(m, full_check=True)
+    if ctx.external_dir is not None and has_external(m):
+        # by path: the checker then also checks the external data references against the files
+        onnx.checker.check_model(str(saved_copy(ctx)), full_check=True)
+    else:
+        onnx.checker.check_model(m, full_check=True)
     opset = next((i.version for i in m.opset_import if i.domain in ("", "ai.onnx")), None)
     if opset != o.opset:
         raise GraphCheckError(f"the graph has opset {opset} but --opset {o.opset} was asked for (the exporter "

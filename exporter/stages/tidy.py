@@ -6,6 +6,7 @@ to initializers directly: same graph, without importing onnxscript (about a seco
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from exporter.pipeline import Context, op_counts
@@ -18,8 +19,9 @@ _FOLD_INPUT_LIMIT = 1 << 16
 _FOLD_OUTPUT_LIMIT = 1 << 22
 
 
-def tidy_model(model: ModelProto, keep_bn: bool) -> ModelProto:
-    """Return an optimized copy of ``model`` (an onnx.ModelProto)."""
+def tidy_model(model: ModelProto, keep_bn: bool, base_dir: Path | None = None) -> ModelProto:
+    """Return an optimized copy of ``model`` (an onnx.ModelProto). Tensors stored as external data (in
+    ``base_dir``) stay external: the passes read only the small ones they fold."""
     import onnx_ir as ir
     import onnx_ir.passes.common as common
     from onnxscript import rewriter
@@ -28,6 +30,8 @@ def tidy_model(model: ModelProto, keep_bn: bool) -> ModelProto:
     rules = [r for r in rewriter._DEFAULT_REWRITE_RULES
              if not (keep_bn and "BatchNorm" in (getattr(r, "name", "") or ""))]
     irm = ir.serde.deserialize_model(model)
+    if base_dir is not None:
+        ir.external_data.set_base_dir(irm.graph, base_dir)
     ir.passes.Sequential(
         common.InlinePass(),
         ir.passes.PassManager(
@@ -89,11 +93,24 @@ def lift_constants(model: ModelProto) -> ModelProto:
 
 
 def tidy(ctx: Context) -> Context:
+    """Tidy the graph; a result that fails :func:`~exporter.stages._verify.verified` (checker, topological
+    order, the same outputs) is dropped and the untidied graph kept, with the reason in the record and
+    the notes (the export goes on: the graph it keeps is the one capture made)."""
+    from exporter.stages._verify import verified
+
     before = op_counts(ctx.graph)
-    if only_constant_nodes_to_fold(ctx.graph):
-        model = lift_constants(ctx.graph)
-    else:
-        model = tidy_model(ctx.graph, keep_bn=ctx.options.bn_kept)
+    lifted = only_constant_nodes_to_fold(ctx.graph)
+    try:
+        model = lift_constants(ctx.graph) if lifted else tidy_model(ctx.graph, keep_bn=ctx.options.bn_kept,
+                                                                         base_dir=ctx.external_dir)
+    except Exception as exc:  # a pass of onnxscript that raises: keep the captured graph
+        from exporter.errors import first_line
+
+        why = f"tidy fell back to its input graph: the rewrite raised {type(exc).__name__}: {first_line(exc)[:200]}"
+        return ctx.replace(change=why).note(why)
+    verdict = verified(ctx, model, "tidy", numerics=not lifted)  # lifting Constant nodes moves no number
+    if verdict.fell_back:
+        return ctx.replace(change=verdict.reason).note(verdict.reason)
     after = op_counts(model)
     gone = {k: before[k] - after[k] for k in before if before[k] > after[k]}
     top = ", ".join(f"-{v} {k}" for k, v in sorted(gone.items(), key=lambda t: -t[1])[:6])

@@ -1,0 +1,276 @@
+"""External data: models whose weights do not fit one protobuf (2 GiB).
+
+A model whose parameters and buffers reach :func:`external_threshold` bytes (1.5 GiB by default, or
+``YEXPORT_EXTERNAL_DATA_THRESHOLD``) is captured to a private working folder instead of to memory:
+the exporter writes the weights there as external data, and the pipeline carries a weight-free
+``ModelProto`` whose tensors point into that folder (``Context.external_dir``). The stages only ever
+hold the graph; the weights are read back once, in chunks, when the file is written
+(:func:`write_external`: ``NAME.onnx`` + ``NAME.onnx.data``, committed as a set by
+:class:`exporter.io.PairWriter`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from exporter.errors import ConfigError
+from exporter.pipeline import Context
+
+if TYPE_CHECKING:
+    from onnx import ModelProto, TensorProto
+
+THRESHOLD_ENV = "YEXPORT_EXTERNAL_DATA_THRESHOLD"
+DEFAULT_THRESHOLD = 3 << 29  # 1.5 GiB: well under the 2 GiB a protobuf can hold, graph and metadata included
+INLINE_LIMIT = 1024  # tensors smaller than this stay inside the .onnx (shapes, scalars), as onnx.save does
+ALIGN = 4096  # offsets of tensors in the data file (page-aligned: onnxruntime can map them)
+CHUNK = 16 << 20
+_EXTERNAL = 1  # TensorProto.EXTERNAL
+_WORK_DIRS: set[Path] = set()
+
+
+def external_threshold() -> int:
+    """Bytes of weights from which a model is written with external data (``YEXPORT_EXTERNAL_DATA_THRESHOLD``)."""
+    raw = os.environ.get(THRESHOLD_ENV, "").strip()
+    if not raw:
+        return DEFAULT_THRESHOLD
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{THRESHOLD_ENV}={raw!r}: give a number of bytes") from None
+    if value < 0:
+        raise ConfigError(f"{THRESHOLD_ENV}={raw!r}: give a number of bytes, at least 0")
+    return value
+
+
+def has_external(model: ModelProto | None) -> bool:
+    """True when an initializer of ``model`` keeps its data outside the protobuf."""
+    return model is not None and any(t.data_location == _EXTERNAL for t in model.graph.initializer)
+
+
+def module_bytes(module: Any) -> int:
+    """Bytes of a torch module's parameters and buffers (shared tensors once)."""
+    seen: set[int] = set()
+    total = 0
+    for t in [*module.parameters(), *module.buffers()]:
+        if id(t) not in seen:
+            seen.add(id(t))
+            total += t.numel() * t.element_size()
+    return total
+
+
+def inline_bytes(model: ModelProto) -> int:
+    """Bytes the initializers of ``model`` hold inside the protobuf."""
+    return sum(len(t.raw_data) for t in model.graph.initializer if t.data_location != _EXTERNAL) \
+        + sum(4 * len(t.float_data) + 8 * (len(t.int64_data) + len(t.double_data)) + 4 * len(t.int32_data)
+              for t in model.graph.initializer if t.data_location != _EXTERNAL)
+
+
+# ------------------------------------------------------------------------------------- capture
+
+
+def work_dir() -> Path:
+    """A private folder for one export's weights; removed by :func:`discard` (or at exit)."""
+    d = Path(tempfile.mkdtemp(prefix="yexport-weights-"))
+    _WORK_DIRS.add(d)
+    return d
+
+
+def discard(d: Path | None) -> None:
+    if d is not None:
+        shutil.rmtree(d, ignore_errors=True)
+        _WORK_DIRS.discard(d)
+
+
+@atexit.register
+def _discard_all() -> None:
+    for d in list(_WORK_DIRS):
+        discard(d)
+
+
+def capture_any(ctx: Context) -> Context:
+    """The capture stage: in memory (:func:`exporter.stages.capture.capture`), or to a working folder
+    with external data when the prepared model's weights reach :func:`external_threshold`."""
+    from exporter.stages import capture as capture_mod
+
+    size = module_bytes(ctx.prepared)
+    if size < external_threshold():
+        return capture_mod.capture(ctx)
+    return capture_external(ctx, size)
+
+
+def _torchscript_to(ctx: Context, path: Path) -> tuple[str, tuple[str, ...]]:
+    """The TorchScript export of :mod:`exporter.stages.capture`, written to ``path``: the exporter then
+    stores the weights as external data beside it (it refuses a file-like object over 2 GiB)."""
+    import torch
+
+    from exporter.stages.capture import INPUT_NAME, _native_stdout_captured, output_names, tracer_warnings
+
+    o = ctx.options
+    outs = output_names(ctx)
+    if o.training:
+        mode, how = torch.onnx.TrainingMode.TRAINING, "TrainingMode.TRAINING"
+    elif o.bn_kept:
+        mode, how = torch.onnx.TrainingMode.PRESERVE, "TrainingMode.PRESERVE (keeps BatchNorm)"
+    else:
+        mode, how = torch.onnx.TrainingMode.EVAL, "TrainingMode.EVAL"
+    dynamic_axes = None
+    if o.dynamic:
+        axes = {0: "batch"} if o.dynamic == "batch" else {0: "batch", 2: "height", 3: "width"}
+        dynamic_axes = {INPUT_NAME: axes, **{n: {0: "batch"} for n in outs}}
+        if o.dynamic == "all":
+            dynamic_axes.update({n: {0: "batch", 1: "anchors"} for n in outs} if o.head == "decode" else
+                                {n: {0: "batch", 2: "ny", 3: "nx"} for n in outs})
+    with warnings.catch_warnings(record=True) as caught, _native_stdout_captured():
+        warnings.simplefilter("always")
+        torch.onnx.export(ctx.model, (ctx.example,), str(path), dynamo=False,  # type: ignore[arg-type]
+                          opset_version=o.opset, training=mode, do_constant_folding=True,
+                          input_names=[INPUT_NAME], output_names=outs, dynamic_axes=dynamic_axes)
+    return f"torchscript, {how}, opset {o.opset}", tracer_warnings(caught)
+
+
+def _dynamo_to(ctx: Context, path: Path) -> tuple[str, tuple[str, ...]]:
+    import io
+
+    import torch
+
+    from exporter.stages.capture import INPUT_NAME, output_names
+
+    o = ctx.options
+    dynamic_shapes = None
+    if o.dynamic:
+        dim = torch.export.Dim.DYNAMIC
+        dynamic_shapes = {"x": {0: dim} if o.dynamic == "batch" else {0: dim, 2: dim, 3: dim}}
+    quiet = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
+    levels = [q.level for q in quiet]
+    for q in quiet:
+        q.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(ctx.model, (ctx.example,), dynamo=True, opset_version=o.opset,
+                                        optimize=False, input_names=[INPUT_NAME], output_names=output_names(ctx),
+                                        dynamic_shapes=dynamic_shapes, verbose=False)
+            assert program is not None
+            program.save(str(path), external_data=True)  # never model_proto: that is one protobuf
+    finally:
+        for q, level in zip(quiet, levels, strict=True):
+            q.setLevel(level)
+    return f"dynamo (torch.export), opset {o.opset}", ()
+
+
+def capture_external(ctx: Context, size: int) -> Context:
+    """Capture to a working folder; the context then holds the weight-free graph and ``external_dir``."""
+    import onnx
+
+    folder = work_dir()
+    path = folder / "model.onnx"
+    try:
+        if ctx.options.capture_exporter == "torchscript":
+            how, traced = _torchscript_to(ctx, path)
+        else:
+            how, traced = _dynamo_to(ctx, path)
+        model = onnx.load(str(path), load_external_data=False)
+    except BaseException:
+        discard(folder)
+        raise
+    for node in model.graph.node:  # as capture does: no stack traces (local paths) or fx dumps
+        keep = [p for p in node.metadata_props if p.key not in ("pkg.torch.onnx.stack_trace", "pkg.torch.onnx.fx_node")]
+        if len(keep) != len(node.metadata_props):
+            del node.metadata_props[:]
+            node.metadata_props.extend(keep)
+    path.unlink()  # the graph lives in the context; the folder keeps only the weights
+    ctx = ctx.replace(onnx=model, external_dir=folder, tracer_warnings=traced,
+                      change=f"{how}; weights as external data ({size / 2**30:.2f} GiB, threshold "
+                             f"{external_threshold() / 2**30:.2f} GiB)")
+    if traced:
+        ctx = ctx.note(f"{len(traced)} TracerWarning(s) in capture: the trace may have baked in values of the "
+                       "example input (the parity check runs on other inputs to find out)")
+    return ctx
+
+
+# ------------------------------------------------------------------------------------- reading and writing
+
+
+def _info(t: TensorProto) -> dict[str, str]:
+    return {e.key: e.value for e in t.external_data}
+
+
+def tensor_chunks(t: TensorProto, base: Path | None) -> Iterator[bytes]:
+    """The bytes of initializer ``t``: from its external file under ``base`` (a working folder this
+    process wrote), or from the protobuf."""
+    if t.data_location != _EXTERNAL:
+        if t.HasField("raw_data"):
+            yield t.raw_data
+        else:
+            from onnx import numpy_helper
+
+            arr = numpy_helper.to_array(t)
+            yield arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+        return
+    if base is None:
+        raise RuntimeError(f"initializer {t.name!r} is external data but no working folder is known")
+    info = _info(t)
+    from exporter.graph.load import declared_bytes
+
+    offset = int(info.get("offset") or 0)
+    left = int(info["length"]) if info.get("length") else declared_bytes(t)
+    with open(base / info["location"], "rb") as f:
+        f.seek(offset)
+        while left > 0:
+            block = f.read(min(CHUNK, left))
+            if not block:
+                raise RuntimeError(f"initializer {t.name!r}: external data ends early")
+            left -= len(block)
+            yield block
+
+
+def write_external(model: ModelProto, base: Path | None, out: IO[bytes], location: str) -> int:
+    """Write the weights of ``model`` to ``out`` (the data file, named ``location`` beside the .onnx) and
+    point its initializers there; tensors under :data:`INLINE_LIMIT` bytes stay inline. Returns the
+    bytes written. ``model`` is changed in place (it is the graph about to be written)."""
+    from exporter.graph.load import declared_bytes
+
+    offset = 0
+    for t in model.graph.initializer:
+        if t.data_location != _EXTERNAL and declared_bytes(t) < INLINE_LIMIT:
+            continue
+        pad = -offset % ALIGN
+        if pad:
+            out.write(b"\0" * pad)
+            offset += pad
+        start = offset
+        for block in tensor_chunks(t, base):
+            out.write(block)
+            offset += len(block)
+        for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+            t.ClearField(field)
+        del t.external_data[:]
+        t.data_location = _EXTERNAL
+        for k, v in (("location", location), ("offset", str(start)), ("length", str(offset - start))):
+            t.external_data.add(key=k, value=v)
+    return offset
+
+
+def saved_copy(ctx: Context) -> Path:
+    """The graph of ``ctx`` saved as ``model.onnx`` in its working folder, beside the weights it points
+    to: what onnxruntime and ``onnx.checker`` open by path (they read external data themselves)."""
+    import onnx
+
+    assert ctx.external_dir is not None
+    path = ctx.external_dir / "model.onnx"
+    onnx.save(ctx.graph, str(path))
+    return path
+
+
+def onnx_source(ctx: Context) -> ModelProto | Path:
+    """What to hand to parity for the current graph: the proto, or its path when the weights are external."""
+    return saved_copy(ctx) if ctx.external_dir is not None and has_external(ctx.onnx) else ctx.graph
