@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TORCH_PIN ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: help install install-system install-browser demo test test-fast lint bench bench-quick graphs graphs-check graphs-update clean
+.PHONY: gpu-check help install install-system install-browser demo test test-fast lint bench bench-quick graphs graphs-check graphs-update clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -49,6 +49,9 @@ bench: $(STAMP) ## benchmarks: stage costs, graph quality, start-up, scale (writ
 
 bench-quick: $(STAMP) ## the benchmarks in quick mode (under about 3 minutes)
 	$(BIN)/python bench/run.py --quick
+
+gpu-check: $(STAMP) ## on a CUDA machine: export yolov5s fused/keep-bn/dynamic/half, check CPU+CUDA parity and determinism
+	$(BIN)/python bench/gpu_check.py
 
 graphs: $(STAMP) ## render graphviz_out/ diagrams of the main fixture variants
 	$(BIN)/python fixtures/golden/goldens.py render
