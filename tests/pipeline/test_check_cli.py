@@ -76,9 +76,10 @@ def test_cuda_really_runs_on_a_gpu_machine(n320: Exported) -> None:
     rep = json.loads(r.stdout)
     cuda = next(p for p in rep["providers"] if p["requested"] == "cuda")
     assert cuda["ran"] is True and cuda["ran_on"][0] == "CUDAExecutionProvider" and cuda["reason"] == ""
-    assert cuda["required"] is True and len(cuda["cases"]) == 1
+    assert cuda["required"] is True and len(cuda["cases"]) == 2
     out = cuda["outputs"][0]
-    assert out["max_abs"] >= 0 and out["max_rel"] >= 0
+    assert out["max_abs"] >= 0 and out["max_rel"] >= 0 and out["ratio"] is not None
+    assert cuda["vs_cpu_max_abs"] is not None and cuda["vs_cpu_max_abs"] >= 0  # the provider figure
     # the exit status follows the comparison (on GPUs with TF32 convolutions it may legitimately fail)
     assert r.exit_code == (0 if rep["passed"] else 1), r.output
 
@@ -91,7 +92,7 @@ def test_training_file_checked_against_train_reference(n320_training: TrainingEx
     rep = json.loads(r.stdout)
     assert (rep["against"], rep["reference"], rep["passed"]) == ("yolov5n", "train", True)
     text = yexport("check", path)
-    assert "(train reference)" in text.stdout and text.exit_code == 0
+    assert "(train reference, truth: float64)" in text.stdout and text.exit_code == 0
 
 
 @pytest.mark.slow
