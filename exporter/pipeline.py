@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from exporter import progress
 from exporter.errors import StageError, YexportError
 from exporter.options import ExportOptions
 
@@ -32,7 +33,7 @@ class Context:
     options: ExportOptions
     source: LoadedModel  # the caller's model, never modified
     model: torch.nn.Module | None = None  # the prepared private copy that is captured (prepare)
-    example: torch.Tensor | None = None  # example input tensor (prepare)
+    example: torch.Tensor | tuple[torch.Tensor, ...] | None = None  # example input(s) (prepare)
     bn_expected: int | None = None  # BatchNormalization nodes the graph must have (prepare; checker) ...
     bn_may_fold: int = 0  # ... of which the exporter may still fold this many (prepare could not see their input)
     onnx: ModelProto | None = None  # the graph (capture and later)
@@ -44,6 +45,8 @@ class Context:
     records: tuple[StageRecord, ...] = ()
     notes: tuple[str, ...] = ()  # honest statements about numerics, for the report
     tracer_warnings: tuple[str, ...] = ()  # TracerWarnings of the capture (file:line: message)
+    capture_attempts: tuple[dict[str, Any], ...] = ()  # capture strategies tried: exporter, ok, error (capture)
+    output: Path | None = None  # the file being made, when known (the capture log goes beside it)
     external_dir: Path | None = None  # working folder of the weights when they are external data (capture)
 
     def replace(self, **changes: Any) -> Context:
@@ -100,21 +103,27 @@ def op_counts(model: ModelProto | None) -> Counter[str]:
 def run_pipeline(ctx: Context, stages: Sequence[Stage]) -> Context:
     """Run the enabled ``stages`` in order; returns the final context with one record per stage."""
     done: list[str] = []
-    for stage in stages:
-        if not stage.when(ctx.options):
-            continue
-        before = len(ctx.onnx.graph.node) if ctx.onnx is not None else None
-        t0 = time.perf_counter()
-        try:
-            new = stage.run(ctx)
-        except StageError:
-            raise
-        except (YexportError, Exception) as exc:
-            raise StageError(stage.name, done, exc) from exc
-        seconds = time.perf_counter() - t0
-        after = len(new.onnx.graph.node) if new.onnx is not None else None
-        record = StageRecord(stage.name, not new.failure, round(seconds, 4), before, after,
-                             new.change, stage.numerics(ctx.options), new.failure)
-        ctx = new.replace(records=(*ctx.records, record), change="", failure="")
-        done.append(stage.name)
+    with progress.task(getattr(ctx.source, "name", "export"), kind="pipeline"):
+        for stage in stages:
+            if not stage.when(ctx.options):
+                continue
+            before = len(ctx.onnx.graph.node) if ctx.onnx is not None else None
+            progress.emit("start", "stage", stage.name)
+            t0 = time.perf_counter()
+            try:
+                new = stage.run(ctx)
+            except StageError:
+                progress.emit("end", "stage", stage.name, seconds=time.perf_counter() - t0, ok=False)
+                raise
+            except (YexportError, Exception) as exc:
+                progress.emit("end", "stage", stage.name, seconds=time.perf_counter() - t0, ok=False, detail=str(exc))
+                raise StageError(stage.name, done, exc) from exc
+            seconds = time.perf_counter() - t0
+            after = len(new.onnx.graph.node) if new.onnx is not None else None
+            progress.emit("end", "stage", stage.name, seconds=seconds, ok=not new.failure,
+                          detail=new.failure or new.change)
+            record = StageRecord(stage.name, not new.failure, round(seconds, 4), before, after,
+                                 new.change, stage.numerics(ctx.options), new.failure)
+            ctx = new.replace(records=(*ctx.records, record), change="", failure="")
+            done.append(stage.name)
     return ctx

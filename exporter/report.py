@@ -61,9 +61,9 @@ def _int(x: int | None) -> str:
 
 
 def _human(n: int | None) -> str:
-    if n is None:
-        return ""
-    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
+    from exporter.tables import size_text
+
+    return "" if n is None else size_text(n)
 
 
 def _manifest_files(paths: list[str | os.PathLike[str]]) -> list[Path]:
@@ -199,21 +199,15 @@ def collect(paths: list[str | os.PathLike[str]]) -> tuple[list[ReportRow], list[
     return rows, notes
 
 
-def render(rows: list[ReportRow], notes: list[str], fmt: str = "text") -> str:
+def render(rows: list[ReportRow], notes: list[str], fmt: str = "text", color: bool = False,
+           width: int | None = None) -> str:
+    """The table as text (``color``/``width`` for a terminal: see :func:`exporter.tables.render`),
+    GitHub markdown or JSON."""
     if fmt == "json":
         return json.dumps({"rows": [r.to_dict() for r in rows], "notes": notes}, indent=2) + "\n"
-    table = [COLUMNS, *(r.cells() for r in rows)]
-    if fmt == "markdown":
-        def esc(s: str) -> str:
-            return s.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+    from exporter.tables import render as render_table
 
-        right = {"nodes", "BatchNorm", "Shape+Gather", "size", "seconds"}
-        out = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("--:" if c in right else "---" for c in COLUMNS) + "|"]
-        out += ["| " + " | ".join(esc(c) for c in cells) + " |" for cells in table[1:]]
-        out += [""] + [f"> {esc(n)}" for n in notes] if notes else []
-        return "\n".join(out) + "\n"
-    widths = [max(len(row[i]) for row in table) for i in range(len(COLUMNS))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    lines += [f"note: {n}" for n in notes]
-    return "\n".join(lines) + "\n"
+    right = ("nodes", "BatchNorm", "Shape+Gather", "size", "seconds")
+    if fmt == "markdown":
+        return render_table(COLUMNS, [r.cells() for r in rows], fmt="markdown", right=right, notes=notes)
+    return render_table(COLUMNS, [r.cells() for r in rows], right=right, notes=notes, color=color, width=width)

@@ -46,9 +46,15 @@ def model_options(f: F) -> F:
 
 def load_from_cli(model: str, cfg: str | None, nc: int | None, seed: int, trust_checkpoint: bool):
     """Load MODEL as the CLI options describe (returns :class:`exporter.models.LoadedModel`)."""
+    from exporter import progress
     from exporter.models import load_model
 
-    return load_model(model, cfg=cfg, nc=nc, seed=seed, trust_checkpoint=trust_checkpoint)
+    what = "building and calibrating" if not Path(model).suffix or model.endswith((".yaml", ".yml")) else "loading"
+    with progress.task(f"{what} {Path(model).name}") as end:
+        lm = load_model(model, cfg=cfg, nc=nc, seed=seed, trust_checkpoint=trust_checkpoint)
+        n = sum(p.numel() for p in lm.model.parameters())
+        end["detail"] = f"{n:,} parameters, weights: {lm.weights}"
+    return lm
 
 
 class ImageSize(click.ParamType):

@@ -6,6 +6,7 @@ import json
 
 import click
 
+from exporter.cli._help import Command
 from exporter.cli._options import load_from_cli, model_options, parity_options, parse_atol, split_list
 
 
@@ -37,7 +38,16 @@ def _against_from_metadata(path: str) -> str | None:
     return None
 
 
-@click.command("check")
+EXAMPLES = (
+    "yexport check exports/yolov5s.onnx                   # reference rebuilt from the file's metadata",
+    'yexport check model.onnx --against my.pt --providers cpu,cuda --require cuda',
+    'yexport check model.onnx --against yolov5s --images photos/ --repeat 3',
+    'yexport check model.onnx --against yolov5s --atol output0=1e-2',
+)
+
+
+@click.command("check", cls=Command, examples=EXAMPLES, sections={'Checked inputs': ('shapes', 'device', 'repeat', 'strict')},
+               short_help='Check an ONNX file against its PyTorch model (parity).')
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--against", default=None, metavar="MODEL",
               help="The PyTorch model (built-in name, YAML or checkpoint). Default: the model named in the "

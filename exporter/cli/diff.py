@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from exporter.cli._help import Command
+
 _IGNORABLE = ("names", "initializer-values", "metadata")
 
 
@@ -17,7 +19,15 @@ def _split_ignore(ctx: click.Context, param: click.Parameter, value: tuple[str, 
     return tuple(items)
 
 
-@click.command("diff")
+EXAMPLES = (
+    'yexport diff a.onnx b.onnx',
+    'yexport diff approved/model.graph.txt build/model.onnx --ignore initializer-values --format markdown > graph-diff.md',
+    'yexport diff a.onnx b.onnx --format json --include run-metadata',
+)
+
+
+@click.command("diff", cls=Command, examples=EXAMPLES,
+               short_help='Structural diff of two ONNX graphs (exit 1 when different).')
 @click.argument("a", type=click.Path(path_type=Path))
 @click.argument("b", type=click.Path(path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text", show_default=True,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import click
 
+from exporter.cli._help import Command
 from exporter.cli._options import (
     IMG,
     load_config_defaults,
@@ -20,22 +22,51 @@ from exporter.cli._options import (
 
 
 def _human(n: int) -> str:
-    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
+    from exporter.tables import size_text
+
+    return size_text(n)
 
 
-def summary_table(results: list[Any]) -> str:
-    rows = [("file", "nodes", "BatchNorm", "Shape+Gather", "size", "parity", "seconds")]
+SUMMARY_COLUMNS = ("file", "nodes", "BatchNorm", "Shape+Gather", "size", "parity", "seconds")
+
+
+def summary_table(results: list[Any], color: bool = False, width: int | None = None) -> str:
+    """One row per file. Why a provider did not run (e.g. CUDA's fallback reason) is a footnote."""
+    from exporter.tables import Footnotes, render
+
+    notes = Footnotes()
+    rows = []
     for r in results:
-        parity = r.parity.summary() if r.parity is not None else "not checked"
-        rows.append((r.path.name, str(r.nodes), str(r.ops.get("BatchNormalization", 0)),
-                     str(r.ops.get("Shape", 0) + r.ops.get("Gather", 0)), _human(r.size), parity, f"{r.seconds:.1f}"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+        if r.parity is None:
+            parity = "not checked"
+        else:
+            parity = r.parity.summary()
+            for p in r.parity.providers:
+                if not p.ran and getattr(p, "reason", ""):
+                    parity += f" {notes.ref(f'{p.requested} did not run: {p.reason}')}"
+        rows.append((r.path.name, r.nodes, r.ops.get("BatchNormalization", 0),
+                     r.ops.get("Shape", 0) + r.ops.get("Gather", 0), _human(r.size), parity, f"{r.seconds:.1f}"))
+    return render(SUMMARY_COLUMNS, rows, right=("nodes", "BatchNorm", "Shape+Gather", "size", "seconds"),
+                  footnotes=notes, color=color, width=width).rstrip("\n")
 
 
-@click.command("export")
+EXAMPLES = (
+    "yexport export yolov5s                                # exports/yolov5s.onnx and its manifest",
+    "yexport export yolov5s --keep-bn --simplify           # BatchNorm visible, simplified",
+    "yexport export yolov5s --variants fused,keep-bn,dynamic -o out/",
+    "yexport export my.pt --dynamic batch --providers cpu,cuda",
+    "YEXPORT_EXPORT_IMG=320 yexport export yolov5n        # any option from the environment",
+)
+SECTIONS = {
+    "Output": ("out_dir", "name", "force", "variants", "config", "as_json", "view"),
+    "Graph": ("keep_bn", "training", "int_shapes", "tidy", "infer_shapes", "simplify", "dynamic", "img", "batch",
+              "opset", "exporter", "half", "half_io", "raw_head", "device"),
+    "Parity": ("check",),
+}
+
+
+@click.command("export", cls=Command, examples=EXAMPLES, sections=SECTIONS,
+               short_help="Export a model to ONNX files and check their parity.")
 @click.argument("model", required=False, default="yolov5s")
 @click.option("--config", type=click.Path(dir_okay=False), callback=load_config_defaults, is_eager=True,
               expose_value=False, help="YAML file of option defaults (keys: option names).")
@@ -45,8 +76,9 @@ def summary_table(results: list[Any]) -> str:
 @click.option("--force", is_flag=True, default=False,
               help="Replace an existing file even when it was made with other graph-defining options.")
 @click.option("--variants", default=None, metavar="LIST",
-              help="Several files at once, e.g. fused,keep-bn,training,int-shapes,simplify,dynamic,dynamic-all,"
-                   "raw,dynamo; combine with '+' (keep-bn+simplify). Each applies on top of the other options.")
+              help="Several files at once, comma-separated, from: fused, keep-bn, training, int-shapes, no-int-shapes, "
+                   "simplify, dynamic, dynamic-all, raw, torchscript, dynamo; combine with '+' (keep-bn+simplify). "
+                   "Each applies on top of the other options. Example: --variants fused,keep-bn,dynamic.")
 @click.option("--keep-bn/--fuse-bn", "keep_bn", default=None,
               help="Keep every BatchNorm as BatchNormalization(training_mode=0), through the exporter and "
                    "--simplify; or fold it into the convs (default: fuse).")
@@ -121,11 +153,17 @@ def export(model: str, out_dir: str, name: str | None, force: bool, variants: st
     from exporter.overwrite import export_targets, refuse_overwrite
 
     refuse_overwrite(export_targets(name or source.name, out_dir, options, names), source.name, force=force)
+    reporter = (click.get_current_context().obj or {}).get("reporter")
+    if reporter is not None:
+        stem = name or source.name
+        reporter.variants = [f"{stem}-{v}.onnx" for v in names] or [f"{stem}.onnx"]
     results = run_export(source, variants=names or None, out_dir=out_dir, name=name, options=options)
     if as_json:
         click.echo(json.dumps([json.loads(r.manifest_path.read_text()) for r in results if r.manifest_path], indent=2))
     else:
-        click.echo(summary_table(results))
+        from exporter.tables import stream_style
+
+        click.echo(summary_table(results, **stream_style(sys.stdout)))
         for r in results:
             for note in r.notes:
                 click.echo(f"note ({r.path.name}): {note}")
@@ -134,7 +172,7 @@ def export(model: str, out_dir: str, name: str | None, force: bool, variants: st
             for f in r.failures:
                 click.echo(f"FAILED ({r.path.name}): {f}", err=True)
             if r.parity is not None and not r.parity:
-                click.echo(r.parity.format(), err=True)
+                click.echo(r.parity.format(**stream_style(sys.stderr)), err=True)
         ok_files = [r.path for r in results if r.ok]
         if ok_files:
             click.echo(f"manifests beside each file (.json); open one with: yexport view {ok_files[0]}")

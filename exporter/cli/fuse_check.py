@@ -6,6 +6,7 @@ import json
 
 import click
 
+from exporter.cli._help import Command
 from exporter.cli._options import IMG, load_from_cli, model_options
 
 DEFAULT_THRESHOLD = 1e-5  # kept equal to exporter.analysis.fuse_check.DEFAULT_THRESHOLD (no torch import here)
@@ -15,7 +16,14 @@ def _shape(s: list[int]) -> str:
     return "x".join(str(d) for d in s)
 
 
-@click.command("fuse-check")
+EXAMPLES = (
+    'yexport fuse-check yolov5s',
+    'yexport fuse-check yolov5s-v5.0 --img 320 --json',
+)
+
+
+@click.command("fuse-check", cls=Command, examples=EXAMPLES,
+               short_help='Conv+BatchNorm fusion error per pair and for the model.')
 @click.argument("model", required=False, default="yolov5s")
 @model_options
 @click.option("--img", type=IMG, default="640", show_default=True, help="Image size H or H,W of the seeded input.")
@@ -44,11 +52,16 @@ def fuse_check(model: str, cfg: str | None, nc: int | None, seed: int, trust_che
 
 
 def _print(name: str, report) -> None:
-    click.echo("relative errors ||y - y_fused|| / ||y|| of each pair's BN output on its real input")
-    click.echo(f"{'conv':<22} {'input':>16} {'ours':>9} {'torch':>9} {'ours-torch':>10}  ok")
-    for p in report.pairs:
-        click.echo(f"{p.conv:<22} {_shape(p.input_shape):>16} {p.rel_error:>9.2e} {p.rel_error_torch:>9.2e} "
-                   f"{p.fusions_rel_diff:>10.2e}  {'yes' if p.passed else 'NO'}")
+    import sys
+
+    from exporter.tables import render, stream_style
+
+    rows = [(p.conv, _shape(p.input_shape), f"{p.rel_error:.2e}", f"{p.rel_error_torch:.2e}", f"{p.fusions_rel_diff:.2e}",
+             "yes" if p.passed else "NO") for p in report.pairs]
+    click.echo(render(("conv", "input", "ours", "torch", "ours-torch", "ok"), rows,
+                      right=("input", "ours", "torch", "ours-torch"), **stream_style(sys.stdout)), nl=False)
+    click.echo("ours, torch: relative error ||y - y_fused|| / ||y|| of each pair's BN output on its real input "
+               "(fused by yexport, by torch.nn.utils.fusion); ours-torch: the two fused outputs' relative difference")
     for s in report.skipped:
         click.echo(f"skipped {s}")
     h, w = report.img

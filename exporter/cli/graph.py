@@ -6,8 +6,17 @@ from pathlib import Path
 
 import click
 
+from exporter.cli._help import Command
 
-@click.command("graph")
+EXAMPLES = (
+    'yexport graph exports/yolov5s.onnx                    # ./yolov5s.svg',
+    'yexport graph exports/yolov5s.onnx --collapse modules -o yolov5s-blocks.png',
+    'yexport graph exports/yolov5s-keep-bn.onnx --highlight-diff exports/yolov5s-fused.onnx',
+)
+
+
+@click.command("graph", cls=Command, examples=EXAMPLES,
+               short_help='Graphviz drawing of an ONNX file, or its block diagram.')
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option(
     "-o", "--output", "out", type=click.Path(path_type=Path), default=None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import click
 
@@ -12,16 +13,18 @@ from exporter.cli._options import IMG, load_from_cli, model_options
 
 def _list_models() -> None:
     from exporter.models.zoo import builtin_names, builtin_path, read_config
+    from exporter.tables import render, stream_style
 
-    click.echo(f"{'name':<16} {'generation':<10} {'levels':>6}  {'depth':>5} {'width':>5}  config")
+    rows = []
     for name in builtin_names():
         path = builtin_path(name)
         assert path is not None
         cfg = read_config(path)
         gen = "v5.0" if any(row[2] == "Focus" for row in cfg.get("backbone", [])) else "v6+"
-        click.echo(f"{name:<16} {gen:<10} {len(cfg['anchors']):>6}  {cfg.get('depth_multiple', 1):>5} "
-                   f"{cfg.get('width_multiple', 1):>5}  {path.name}")
-
+        rows.append((name, gen, len(cfg["anchors"]), cfg.get("depth_multiple", 1), cfg.get("width_multiple", 1),
+                     path.name))
+    click.echo(render(("name", "generation", "levels", "depth", "width", "config"), rows,
+                      right=("levels", "depth", "width"), **stream_style(sys.stdout)), nl=False)
 
 EXAMPLES = (
     'yexport info yolov5s --img 640',
@@ -59,9 +62,11 @@ def info(model: str, cfg: str | None, nc: int | None, seed: int, trust_checkpoin
         click.echo(json.dumps({"model": lm.describe(), **s, "modules": s["layers"], "layers": rows}, indent=2))
         return
     if verbose:
-        click.echo(f"{'':>3} {'from':>18} {'n':>3} {'params':>10}  {'module':<14} arguments")
-        for r in rows:
-            click.echo(f"{r['index']:>3} {str(r['from']):>18} {r['n']:>3} {r['params']:>10,}  {r['module']:<14} {r['arguments']}")
+        from exporter.tables import render, stream_style
+
+        table = [(r["index"], str(r["from"]), r["n"], f"{r['params']:,}", r["module"], str(r["arguments"])) for r in rows]
+        click.echo(render(("", "from", "n", "params", "module", "arguments"), table, right=("", "from", "n", "params"),
+                          **stream_style(sys.stdout)), nl=False)
     h, w = s["img"]
     click.echo(f"{lm.name} ({lm.kind}, {s.get('nc', '?')} classes, weights: {lm.weights})")
     click.echo(f"summary: {s['layers']} layers, {s['parameters']:,} parameters, {s['gradients']:,} gradients, "

@@ -7,8 +7,16 @@ from pathlib import Path
 
 import click
 
+from exporter.cli._help import Command
 
-@click.command("inspect")
+EXAMPLES = (
+    'yexport inspect exports/yolov5s.onnx',
+    'yexport inspect exports/yolov5s.onnx --json',
+)
+
+
+@click.command("inspect", cls=Command, examples=EXAMPLES,
+               short_help="An ONNX file's I/O, ops, parameters, FLOPs and metadata.")
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=True))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the report.")
 def inspect(file: Path, as_json: bool) -> None:

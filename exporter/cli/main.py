@@ -41,6 +41,16 @@ class YexportGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)
 
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Every command with its whole one-line summary (wrapped, never cut)."""
+        from exporter.cli._help import summary, write_dl
+
+        rows = [(name, summary(cmd)) for name in self.list_commands(ctx)
+                if (cmd := self.get_command(ctx, name)) is not None and not cmd.hidden]
+        if rows:
+            with formatter.section("Commands"):
+                write_dl(formatter, rows)
+
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         target = COMMANDS.get(cmd_name)
         if target is None:
@@ -107,13 +117,22 @@ def _error(message: str) -> None:
     click.echo("yexport: error: " + " ".join(str(message).split()), err=True)
 
 
-@click.group(cls=YexportGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=YexportGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120},
+             epilog="Every command has --help with examples. Options can also be set as YEXPORT_<COMMAND>_<OPTION> "
+                    "environment variables (shown in each command's help), e.g. YEXPORT_EXPORT_IMG=320.")
 @click.version_option(__version__, prog_name="yexport")
-@click.option("--debug", is_flag=True, envvar="YEXPORT_DEBUG", help="Show full tracebacks on errors.")
+@click.option("--debug", is_flag=True, envvar="YEXPORT_DEBUG", show_envvar=True, help="Show full tracebacks on errors.")
+@click.option("-q", "--quiet", is_flag=True, envvar="YEXPORT_QUIET", show_envvar=True,
+              help="No progress on stderr (it is only shown when stderr is a terminal anyway).")
 @click.pass_context
-def cli(ctx: click.Context, debug: bool) -> None:
+def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
     """yexport: export PyTorch detection models (YOLOv5 first) to ONNX you can trust and read."""
-    ctx.obj = {"debug": debug}
+    from exporter import progress
+
+    reporter = progress.reporter_for_cli(quiet)
+    ctx.obj = {"debug": debug, "reporter": reporter}
+    if reporter is not None:
+        ctx.with_resource(progress.installed(reporter))
 
 
 def main() -> None:

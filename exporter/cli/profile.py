@@ -9,6 +9,7 @@ import sys
 
 import click
 
+from exporter.cli._help import Command
 from exporter.cli._options import IMG, load_from_cli, model_options
 
 
@@ -22,7 +23,14 @@ def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}"
 
 
-@click.command("profile")
+EXAMPLES = (
+    'yexport profile yolov5s --img 640 --runs 3',
+    'yexport profile yolov5n --img 320 --no-backward --csv > layers.csv',
+)
+
+
+@click.command("profile", cls=Command, examples=EXAMPLES,
+               short_help='Per-layer parameters, GFLOPs, timings and shapes.')
 @click.argument("model", required=False, default="yolov5s")
 @model_options
 @click.option("--img", type=IMG, default="640", show_default=True, help="Image size H or H,W.")
@@ -50,17 +58,15 @@ def profile(model: str, cfg: str | None, nc: int | None, seed: int, trust_checkp
 
     resolve_device(device)  # a missing CUDA fails before the model is loaded
     lm = load_from_cli(model, cfg, nc, seed, trust_checkpoint)
-    n_layers = len(getattr(lm.model, "model", []))
-    with click.progressbar(length=n_layers, label=f"profiling {lm.name}", file=sys.stderr,
-                           show_pos=True, item_show_func=lambda s: s) as bar:
-        done = [0]
+    from exporter import progress
 
-        def progress(k: int, total: int, what: str) -> None:
-            bar.update(k - done[0], what)
-            done[0] = k
+    with progress.task(f"profiling {lm.name}") as end:
+        def on_layer(k: int, total: int, what: str) -> None:
+            progress.step(what, k, total, kind="layer")
 
         report = profile_model(lm.model, img, device=device, runs=runs, backward=not no_backward, seed=seed,
-                               progress=progress)
+                               progress=on_layer)
+        end["detail"] = f"{len(report.layers)} layers"
     t = report.totals
     if as_json:
         click.echo(json.dumps({"model": lm.describe(), **report.to_dict()}, indent=2))
@@ -77,13 +83,13 @@ def profile(model: str, cfg: str | None, nc: int | None, seed: int, trust_checkp
                     "" if t["backward_ms"] is None else f"{t['backward_ms']:.4f}", "", ""])
         click.echo(buf.getvalue(), nl=False)
         return
+    from exporter.tables import render, stream_style
+
     h, w_ = report.img
     click.echo(f"{lm.name} on {report.device}, 1x3x{h}x{w_}, median of {runs} run(s) per layer")
-    click.echo(f"{'':>3} {'from':>12} {'module':<12} {'params':>10} {'GFLOPs':>7} {'fwd ms':>8} {'bwd ms':>8}  "
-               f"{'input':<22} output")
-    for r in report.layers:
-        click.echo(f"{r.index:>3} {str(r.source):>12} {r.module:<12} {r.params:>10,} {r.gflops:>7.3f} "
-                   f"{_ms(r.forward_ms):>8} {_ms(r.backward_ms):>8}  {_shape(r.input_shape):<22} "
-                   f"{_shape(r.output_shape)}")
-    click.echo(f"{'total':>16} {'':<12} {t['params']:>10,} {t['gflops']:>7.3f} {_ms(t['forward_ms']):>8} "
-               f"{_ms(t['backward_ms']):>8}")
+    rows = [(r.index, str(r.source), r.module, f"{r.params:,}", f"{r.gflops:.3f}", _ms(r.forward_ms),
+             _ms(r.backward_ms), _shape(r.input_shape), _shape(r.output_shape)) for r in report.layers]
+    rows.append(("total", "", "", f"{t['params']:,}", f"{t['gflops']:.3f}", _ms(t["forward_ms"]),
+                 _ms(t["backward_ms"]), "", ""))
+    click.echo(render(("", "from", "module", "params", "GFLOPs", "fwd ms", "bwd ms", "input", "output"), rows,
+                      right=("", "from", "params", "GFLOPs", "fwd ms", "bwd ms"), **stream_style(sys.stdout)), nl=False)

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from exporter.cli._help import Command
 from exporter.cli._options import load_from_cli, model_options
 
 DEFAULT_THRESHOLD = 0.01  # kept equal to exporter.analysis.prune.DEFAULT_GAMMA_THRESHOLD (no torch import here)
@@ -16,7 +17,14 @@ def _f(v: float | None, fmt: str = ".3f") -> str:
     return "-" if v is None else format(v, fmt)
 
 
-@click.command("prune-report")
+EXAMPLES = (
+    'yexport prune-report yolov5s',
+    'yexport prune-report yolov5s --l1-unstructured 0.3 --save pruned.pt && yexport export pruned.pt',
+)
+
+
+@click.command("prune-report", cls=Command, examples=EXAMPLES,
+               short_help='Channel-prunable convs, BatchNorm gammas, weight sparsity.')
 @click.argument("model", required=False, default="yolov5s")
 @model_options
 @click.option("--threshold", type=click.FloatRange(min=0), default=DEFAULT_THRESHOLD, show_default=True,
@@ -57,13 +65,20 @@ def prune_report(model: str, cfg: str | None, nc: int | None, seed: int, trust_c
     if as_json:
         click.echo(json.dumps({"model": lm.describe(), **report.to_dict(), "l1_unstructured": pruned_info}, indent=2))
         return
-    click.echo(f"{'layer':>5} {'conv':<18} {'role':<16} {'ch':>5} {'prunable':<8} {'|g| min':>7} {'median':>7} "
-               f"{'<thr':>6} {'sparsity':>8}  reason")
+    import sys
+
+    from exporter.tables import Footnotes, render, stream_style
+
+    notes = Footnotes()
+    rows = []
     for c in report.convs:
         below = "-" if c.gamma_below is None else f"{100 * c.gamma_below:.1f}%"
-        click.echo(f"{'' if c.layer is None else c.layer:>5} {c.name:<18} {c.role:<16} {c.out_channels:>5} "
-                   f"{'yes' if c.prunable else 'no':<8} {_f(c.gamma_min):>7} {_f(c.gamma_median):>7} {below:>6} "
-                   f"{100 * c.sparsity:>7.2f}%  {c.reason}")
+        reason = c.reason if len(c.reason) <= 24 else notes.ref(c.reason)
+        rows.append(("" if c.layer is None else c.layer, c.name, c.role, c.out_channels, "yes" if c.prunable else "no",
+                     _f(c.gamma_min), _f(c.gamma_median), below, f"{100 * c.sparsity:.2f}%", reason))
+    click.echo(render(("layer", "conv", "role", "ch", "prunable", "|g| min", "median", "<thr", "sparsity", "reason"),
+                      rows, right=("layer", "ch", "|g| min", "median", "<thr", "sparsity"), footnotes=notes,
+                      **stream_style(sys.stdout)), nl=False)
     s = report.summary()
     click.echo(f"{lm.name}: {s['prunable']} of {s['convs']} convs channel-prunable ({s['prunable_channels']:,} channels); "
                f"{s['channels_below_threshold']:,} prunable channels with |gamma| < {threshold:g}")

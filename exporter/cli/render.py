@@ -6,8 +6,17 @@ from pathlib import Path
 
 import click
 
+from exporter.cli._help import Command
 
-@click.command("render")
+EXAMPLES = (
+    'yexport render exports/yolov5s.onnx -o yolov5s.png',
+    'yexport render exports/yolov5s.onnx -o yolov5s.svg',
+    'yexport render exports/yolov5s.onnx -o yolov5s@2x.png --scale 2',
+)
+
+
+@click.command("render", cls=Command, examples=EXAMPLES,
+               short_help='Save the Netron view of an ONNX file as PNG or SVG.')
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option(
     "-o", "--output", "out", type=click.Path(path_type=Path), required=True, help="Image to write: OUT.png or OUT.svg."

@@ -6,8 +6,16 @@ from pathlib import Path
 
 import click
 
+from exporter.cli._help import Command
 
-@click.command("report")
+EXAMPLES = (
+    'yexport report exports/',
+    'yexport report ci-job-1/ ci-job-2/ --format markdown > exports.md',
+)
+
+
+@click.command("report", cls=Command, examples=EXAMPLES,
+               short_help="One table from many exports' manifests.")
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text", show_default=True,
               help="Table format; markdown pastes into a pull request.")
@@ -26,6 +34,11 @@ def report(paths: tuple[Path, ...], fmt: str) -> None:
     rows, notes = collect(list(paths) or [Path("exports")])
     if not rows:
         raise InputError(f"no yexport manifests under {', '.join(map(str, paths or ('exports',)))}")
-    click.echo(render(rows, notes, fmt), nl=False)
+    import sys
+
+    from exporter.tables import stream_style
+
+    style = stream_style(sys.stdout) if fmt == "text" else {}
+    click.echo(render(rows, notes, fmt, **style), nl=False)
     if not all(r.ok for r in rows):
         raise SystemExit(1)

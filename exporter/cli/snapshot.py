@@ -6,8 +6,16 @@ from pathlib import Path
 
 import click
 
+from exporter.cli._help import Command
 
-@click.command("snapshot")
+EXAMPLES = (
+    'yexport snapshot exports/yolov5s.onnx -o approved/yolov5s.graph.txt',
+    'yexport snapshot exports/yolov5s.onnx | head',
+)
+
+
+@click.command("snapshot", cls=Command, examples=EXAMPLES,
+               short_help='Canonical text of an ONNX graph for golden files.')
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=True))
 @click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Write the snapshot here (atomically) instead of printing it, e.g. model.graph.txt.")

@@ -6,8 +6,16 @@ from pathlib import Path
 
 import click
 
+from exporter.cli._help import Command
 
-@click.command("view")
+EXAMPLES = (
+    'yexport view exports/yolov5s.onnx',
+    'yexport view exports/yolov5s.onnx --no-browse --port 8080',
+)
+
+
+@click.command("view", cls=Command, examples=EXAMPLES,
+               short_help='Open an ONNX file in Netron on loopback until Ctrl-C.')
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback by default).")
 @click.option("--port", type=int, default=None, help="Port to listen on  [default: a free one]")

@@ -89,13 +89,19 @@ def _inspect(model: Any, path: str | None) -> dict[str, Any]:
     infer_error = types.error
 
     init_names = {t.name for t in g.initializer}
-    params = param_bytes = 0
+    weights = _weight_names(g)
+    params = param_bytes = other = other_bytes = other_count = 0
     ext_count = ext_bytes = 0
     ext_files: set[str] = set()
     for t in g.initializer:
         n = numel(t.dims)
-        params += n
-        param_bytes += dtype_bytes(t.data_type, n)
+        if t.name in weights:
+            params += n
+            param_bytes += dtype_bytes(t.data_type, n)
+        else:  # grids, anchors, shape constants, BatchNorm running statistics: not parameters
+            other += n
+            other_bytes += dtype_bytes(t.data_type, n)
+            other_count += 1
         if t.data_location == 1:
             ext_count += 1
             ext_bytes += dtype_bytes(t.data_type, n)
@@ -149,8 +155,11 @@ def _inspect(model: Any, path: str | None) -> dict[str, Any]:
         "op_histogram": histogram,
         "watched_ops": {op: ops.get(op, 0) for op in WATCHED_OPS},
         "initializer_count": len(g.initializer) + len(g.sparse_initializer),
-        "parameters": params,
+        "parameters": params,  # learned weights: what `yexport info` calls parameters (of the fused model)
         "parameter_bytes": param_bytes,
+        "constants": {"values": other, "bytes": other_bytes, "initializers": other_count,
+                      "what": "initializers that are not layer weights: Detect grids and anchors, shape "
+                              "constants, BatchNorm running statistics"},
         "external_data": {"initializers": ext_count, "bytes": ext_bytes, "files": sorted(ext_files)},
         "flops": {
             "total": sum(flops_by_op.values()),
@@ -163,6 +172,33 @@ def _inspect(model: Any, path: str | None) -> dict[str, Any]:
         "shape_inference": "ok" if infer_error is None else infer_error,
     }
     return report
+
+
+# (op, input positions) whose initializers are learned weights; every other initializer is a constant
+_WEIGHT_INPUTS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (0, 1, 2), "MatMul": (0, 1),
+                  "BatchNormalization": (1, 2), "LayerNormalization": (1, 2), "InstanceNormalization": (1, 2),
+                  "QLinearConv": (3, 8), "ConvInteger": (1,), "LSTM": (1, 2, 3), "GRU": (1, 2, 3), "RNN": (1, 2, 3),
+                  "Embedding": (0,), "Gather": ()}
+
+
+def _weight_names(g: Any) -> set[str]:
+    """Initializers feeding a layer's weight or bias input (Conv W/B, Gemm/MatMul operands, BatchNorm
+    scale/bias), also through a Cast or DequantizeLinear (a float16 file with float32 I/O)."""
+    producers = {o: n for n in g.node for o in n.output}
+    names: set[str] = set()
+    for n in g.node:
+        for i in _WEIGHT_INPUTS.get(n.op_type, ()):
+            if i >= len(n.input) or not n.input[i]:
+                continue
+            src = n.input[i]
+            p = producers.get(src)
+            while p is not None and p.op_type in ("Cast", "DequantizeLinear", "Identity") and p.input:
+                src = p.input[0]
+                p = producers.get(src)
+            names.add(src)
+    for t in g.sparse_initializer:
+        names.add(t.values.name)
+    return names
 
 
 def _count_nodes(graph: Any) -> int:
@@ -182,10 +218,9 @@ def _human(n: float, unit: str = "") -> str:
 
 
 def _bytes(n: int) -> str:
-    for div, suffix in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
-        if n >= div:
-            return f"{n / div:.1f} {suffix}"
-    return f"{n} B"
+    from exporter.tables import size_text
+
+    return size_text(n)
 
 
 def _shape_text(shape: list | None) -> str:
@@ -201,17 +236,22 @@ def format_report(r: dict[str, Any]) -> str:
     opsets = ", ".join(f"{d} {v}" for d, v in r["opset_import"].items())
     prod = " ".join(x for x in (r["producer"]["name"], r["producer"]["version"]) if x) or "unknown"
     lines.append(f"{r['path'] or '<model>'}  ({size}ir_version {r['ir_version']}, opset {opsets}, producer {prod})")
-    for title in ("inputs", "outputs"):
-        lines.append(f"{title}:")
-        width = max((len(v["name"]) for v in r[title]), default=0)
-        for v in r[title]:
-            lines.append(f"  {v['name']:<{width}}  {v['dtype']:<8} {_shape_text(v['shape'])}")
+    from exporter.tables import render
+
+    io_rows = [(kind, v["name"], v["dtype"], _shape_text(v["shape"]))
+               for kind, title in (("input", "inputs"), ("output", "outputs")) for v in r[title]]
+    lines.extend(render(("", "name", "dtype", "shape"), io_rows).rstrip("\n").splitlines())
     sub = f" (+{r['subgraph_node_count']} in subgraphs)" if r["subgraph_node_count"] else ""
     lines.append(f"nodes:        {r['node_count']}{sub}")
     ext = r["external_data"]
     ext_text = f", {ext['initializers']} external ({_bytes(ext['bytes'])} in {', '.join(ext['files'])})" if ext["initializers"] else ""
+    const = r.get("constants") or {}
+    n_weights = r["initializer_count"] - const.get("initializers", 0)
     lines.append(f"parameters:   {r['parameters']:,} ({_bytes(r['parameter_bytes'])}) in "
-                 f"{r['initializer_count']} initializers{ext_text}")
+                 f"{n_weights} weight initializers{ext_text}")
+    if const.get("initializers"):
+        lines.append(f"constants:    {const['values']:,} values ({_bytes(const['bytes'])}) in {const['initializers']} "
+                     "other initializers (grids, anchors, shapes, BatchNorm statistics; not parameters)")
     fl = r["flops"]
     by_op = ", ".join(f"{op} {_human(v)}" for op, v in fl["by_op"].items())
     unknown = ""
