@@ -9,6 +9,7 @@ the stage's *input* and the reason, so a bad rewrite costs the rewrite, never th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from exporter.errors import first_line
@@ -32,12 +33,23 @@ class Verdict:
         return bool(self.reason)
 
 
-def check_structure(model: ModelProto) -> str:
-    """``""`` when onnx.checker accepts ``model`` (topological order, types, opsets), else why not."""
+def check_structure(model: ModelProto, base_dir: Path | None = None) -> str:
+    """``""`` when onnx.checker accepts ``model`` (topological order, types, opsets), else why not. A
+    model whose weights are external data in ``base_dir`` is checked by path, beside them."""
     import onnx
 
+    from exporter.stages.external import has_external
+
     try:
-        onnx.checker.check_model(model)
+        if base_dir is not None and has_external(model):
+            path = base_dir / "verify.onnx"
+            onnx.save(model, str(path))
+            try:
+                onnx.checker.check_model(str(path))
+            finally:
+                path.unlink(missing_ok=True)
+        else:
+            onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
         return f"onnx.checker refused the result: {_short(exc)}"
     except Exception as exc:  # a protobuf too large to check, or another failure inside onnx
@@ -116,7 +128,7 @@ def verified(ctx: Context, new_graph: ModelProto, stage_name: str, *, numerics: 
     from exporter.stages.external import has_external
 
     before = ctx.graph
-    why = check_structure(new_graph)
+    why = check_structure(new_graph, ctx.external_dir)
     if not why and numerics and not has_external(new_graph) and not has_external(before):
         why = compare_numerics(before, new_graph, ctx)
     if why:

@@ -188,6 +188,9 @@ def capture_external(ctx: Context, size: int) -> Context:
             del node.metadata_props[:]
             node.metadata_props.extend(keep)
     path.unlink()  # the graph lives in the context; the folder keeps only the weights
+    if inline_bytes(model) >= INLINE_LIMIT:  # under 2 GiB the exporter kept them inline: move them out too
+        with open(folder / "inline.data", "wb") as f:
+            write_external(model, folder, f, "inline.data", inline_only=True)
     ctx = ctx.replace(onnx=model, external_dir=folder, tracer_warnings=traced,
                       change=f"{how}; weights as external data ({size / 2**30:.2f} GiB, threshold "
                              f"{external_threshold() / 2**30:.2f} GiB)")
@@ -233,14 +236,18 @@ def tensor_chunks(t: TensorProto, base: Path | None) -> Iterator[bytes]:
             yield block
 
 
-def write_external(model: ModelProto, base: Path | None, out: IO[bytes], location: str) -> int:
+def write_external(model: ModelProto, base: Path | None, out: IO[bytes], location: str, *,
+                   inline_only: bool = False) -> int:
     """Write the weights of ``model`` to ``out`` (the data file, named ``location`` beside the .onnx) and
-    point its initializers there; tensors under :data:`INLINE_LIMIT` bytes stay inline. Returns the
-    bytes written. ``model`` is changed in place (it is the graph about to be written)."""
+    point its initializers there; tensors under :data:`INLINE_LIMIT` bytes stay inline (``inline_only``:
+    tensors already external stay where they are). Returns the bytes written. ``model`` is changed in
+    place (it is the graph about to be written)."""
     from exporter.graph.load import declared_bytes
 
     offset = 0
     for t in model.graph.initializer:
+        if t.data_location == _EXTERNAL and inline_only:
+            continue
         if t.data_location != _EXTERNAL and declared_bytes(t) < INLINE_LIMIT:
             continue
         pad = -offset % ALIGN
