@@ -602,14 +602,107 @@ def _block_label(block: Block, g: _Graph) -> str:
     return "\n".join([head, *shapes])
 
 
+BACKBONE_KEY = "yexport.backbone_layers"  # optional: how many YAML rows are the backbone
+_REPEAT_RE = re.compile(r"/model\.(\d+)/m/m\.(\d+)/")
+_SECTIONS = (("backbone", "Backbone"), ("neck", "Neck (FPN + PAN)"), ("head", "Head (Detect)"))
+_SECTION_STYLE = {"backbone": "#eef4fc", "neck": "#fdf6ec", "head": "#fcefef"}
+
+
+def _backbone_end(g: _Graph, blocks: list[Block]) -> int | None:
+    """Index of the last backbone layer: from the file's metadata, else YOLOv5's rule (the backbone
+    list ends with its SPP/SPPF layer, or with the C3 after SPP in v5.0)."""
+    for prop in g.model.metadata_props:
+        if prop.key == BACKBONE_KEY and prop.value.strip().isdigit():
+            return int(prop.value) - 1
+    pools = [b.index for b in blocks if b.index is not None and b.module in ("SPPF", "SPP")]
+    if not pools:
+        return None
+    end = max(pools)
+    after = next((b for b in blocks if b.index == end + 1), None)
+    if after is not None and after.module in ("C3", "BottleneckCSP"):  # v5.0: SPP, then C3 closes the backbone
+        end += 1
+    return end
+
+
+def _repeats(g: _Graph, block: Block) -> int:
+    """How many Bottlenecks a C3/BottleneckCSP layer repeats (``model.N.m.K`` scopes), 0 if unknown."""
+    found = {m.group(2) for i in block.nodes if (m := _REPEAT_RE.search(g.nodes[i].name))}
+    return len(found)
+
+
+@dataclass
+class _Level:
+    conv: int  # node index of the level's 1x1 conv
+    name: str  # P3/8
+    grid: str  # 80x80
+    channels: str  # 128 -> 255
+    anchors: str  # 10x13 16x30 33x23 (pixels), or ""
+
+
+def _detect_levels(g: _Graph, block: Block) -> list[_Level]:
+    """The Detect layer's per-level heads: one 1x1 conv each, its grid and its anchors (from the
+    decode's constant anchor grids, where the file decodes)."""
+    from onnx import numpy_helper
+
+    convs = [i for i in block.nodes if g.nodes[i].op_type == "Conv"]
+    meta = {p.key: p.value for p in g.model.metadata_props}
+    strides = [int(x) for x in meta.get("yexport.stride", "").split(",") if x.strip().isdigit()]
+    anchor_names = [x for i in block.nodes for x in g.nodes[i].input
+                    if x in g.init_dims and len(g.init_dims[x]) == 5 and g.init_dims[x][2:] == [1, 1, 2]]
+    inits = {t.name: t for t in g.model.graph.initializer}
+    anchors: list[str] = []
+    for name in dict.fromkeys(anchor_names):
+        t = inits.get(name)
+        try:
+            a = numpy_helper.to_array(t).reshape(-1, 2) if t is not None and t.data_location != 1 else None
+        except Exception:
+            a = None
+        # yexport's Detect decodes wh * wh * (4 * anchor_grid): the constant is 4x the anchors in pixels;
+        # another exporter's decode may fold it otherwise, so anchors are shown for yexport files only
+        if a is not None and meta.get("yexport.head") == "decode":
+            anchors.append("  ".join(f"{w:g},{h:g}" for w, h in (a / 4).round(1).tolist()))
+    levels = []
+    for k, i in enumerate(convs):
+        node = g.nodes[i]
+        dims = (g.shapes.get(node.output[0], "") or "").replace("×", "x").split("x")
+        grid = "×".join(dims[-2:]) if len(dims) == 4 else "?"
+        w = g.init_dims.get(node.input[1], [])
+        channels = f"{w[1]} → {w[0]}" if len(w) == 4 else ""
+        stride = strides[k] if k < len(strides) else None
+        in_dims = (g.shapes.get(g.inputs[0], "") if g.inputs else "").replace("×", "x").split("x")
+        if stride is None and len(in_dims) == 4 and len(dims) == 4 and in_dims[2].isdigit() and dims[2].isdigit():
+            stride = int(in_dims[2]) // max(int(dims[2]), 1)  # no yexport.stride: image height / grid height
+        name = f"P{stride.bit_length() - 1}/{stride}" if stride else f"level {k}"
+        levels.append(_Level(i, name, grid, channels, anchors[k] if k < len(anchors) and len(anchors) == len(convs)
+                             else ""))
+    return levels
+
+
 def _collapsed(g: _Graph, dot: _Dot, diff: _Diff | None, layers: Mapping[int, str] | None) -> int:
     blocks, owner = _blocks(g, layers)
     ids = {b.key: f"b{k}" for k, b in enumerate(blocks)}
     _io_nodes(dot, g)
     box_count = 0
+    # YOLOv5 layout: backbone / neck / head clusters, the Detect layer drawn as its per-level heads
+    detect = next((b for b in blocks if b.module == "Detect" and b.index is not None), None)
+    end = _backbone_end(g, blocks) if detect is not None else None
+    levels = _detect_levels(g, detect) if detect is not None and end is not None else []
+    level_of = {lv.conv: n for n, lv in enumerate(levels)}
+    section: dict[str, str] = {}
+    if end is not None:
+        for b in blocks:
+            if b.index is not None:
+                section[b.key] = "head" if b is detect else "backbone" if b.index <= end else "neck"
+    members: dict[str, list[str]] = defaultdict(list)
     for b in blocks:
         attrs = {"label": _block_label(b, g), "tooltip": b.key,
                  "fillcolor": _MODULE_COLORS.get(b.module, "#f3f3f3")}
+        n = _repeats(g, b) if b.module in ("C3", "BottleneckCSP") else 0
+        if n:
+            first, _, rest = attrs["label"].partition("\n")
+            attrs["label"] = f"{first} ×{n}" + ("\n" + rest if rest else "")
+        if b is detect and levels:
+            attrs["label"] = f"{b.index}: Detect\ndecode + concat\n" + attrs["label"].partition("\n")[2]
         if b.index is None:
             attrs.update({"shape": "ellipse", "label": friendly_label(g.nodes[b.nodes[0]], g)})
         else:
@@ -623,18 +716,36 @@ def _collapsed(g: _Graph, dot: _Dot, diff: _Diff | None, layers: Mapping[int, st
             elif added or removed:
                 attrs.update({"color": _ADDED["color"] if added and not removed else _REMOVED["color"], "penwidth": "2"})
                 attrs["label"] += "\n" + _change_text(added, removed)
+        if b.key in section:
+            members[section[b.key]].append(ids[b.key])
         dot.node(ids[b.key], attrs)
+    for n, lv in enumerate(levels):
+        label = f"{lv.name} head\n1x1 Conv {lv.channels}\ngrid {lv.grid}" + (f"\nanchors {lv.anchors}" if lv.anchors else "")
+        dot.node(f"det{n}", {"label": label, "fillcolor": _MODULE_COLORS["Detect"], "fontsize": "10",
+                             "tooltip": f"{detect.key if detect else ''}.m.{n}"})
+        members["head"].append(f"det{n}")
+        out = g.nodes[lv.conv].output[0]
+        if detect is not None:
+            dot.edge(f"det{n}", ids[detect.key], _edge_label(g, out))
+    for key, title in _SECTIONS:
+        if members.get(key):
+            dot.lines.append(f"  subgraph cluster_{key} {{")
+            dot.lines.append(f'    label={_q(title)}; labeljust=l; style="rounded,filled"; color="#bbbbbb"; '
+                             f'fillcolor="{_SECTION_STYLE[key]}"; fontsize=12;')
+            dot.lines.append("    " + " ".join(_q(m) for m in members[key]) + ";")
+            dot.lines.append("  }")
     for b in blocks:
         for i in b.nodes:
+            target = f"det{level_of[i]}" if i in level_of else ids[b.key]
             for x in g.nodes[i].input:
                 if not x or x in g.constant:
                     continue
                 if x in g.producer:
                     src = owner[g.producer[x]]
                     if src != b.key:
-                        dot.edge(ids[src], ids[b.key], _edge_label(g, x))
+                        dot.edge(ids[src], target, _edge_label(g, x))
                 elif x in g.inputs:
-                    dot.edge(f"in:{x}", ids[b.key], _edge_label(g, x))
+                    dot.edge(f"in:{x}", target, _edge_label(g, x))
     for name in g.outputs:
         if name in g.producer:
             dot.edge(ids[owner[g.producer[name]]], f"out:{name}")

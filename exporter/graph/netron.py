@@ -121,6 +121,18 @@ def _model_files(p: Path, model) -> dict[str, Path]:
     return files
 
 
+# Netron's browser host asks for consent unless a 'consent' cookie exists (it then skips the banner and
+# its ipinfo.io look-up); its usage reporting goes to Google Analytics by sendBeacon. The viewer page
+# gets the cookie from this server (the choice made: nothing to accept) and a policy under which the
+# browser connects to nothing but this server, so no report can leave even if the page tried.
+PAGE_POLICY = "connect-src 'self'; img-src 'self' data: blob:; font-src 'self' data:; frame-src 'none'; form-action 'none'"
+
+
+def consent_cookie() -> str:
+    """The cookie Netron's own code reads as 'consent already given or refused' (browser.js)."""
+    return f"consent={int(time.time() * 1000)}; Path=/; Max-Age={30 * 24 * 3600}; SameSite=Strict"
+
+
 def _handler(files: dict[str, Path], host_ok: Callable[[str], bool]) -> type:
     """A Netron request handler class that serves only ``files`` under ``/data/``."""
     from netron import server as netron_server
@@ -128,6 +140,13 @@ def _handler(files: dict[str, Path], host_ok: Callable[[str], bool]) -> type:
     base = netron_server._HTTPRequestHandler
 
     class ModelOnlyHandler(base):  # type: ignore[misc, valid-type]
+        def end_headers(self) -> None:
+            # every response: the page may talk to this server only (no analytics, no ipinfo look-up)
+            self.send_header("Content-Security-Policy", PAGE_POLICY)
+            if urllib.parse.urlparse(self.path).path in ("/", "/index.html"):
+                self.send_header("Set-Cookie", consent_cookie())
+            super().end_headers()
+
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             if not host_ok(self.headers.get("Host") or ""):
                 self._refuse(403, b"403: this server only answers requests for its own address")

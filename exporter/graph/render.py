@@ -129,6 +129,23 @@ def count_drawn_ops(svg: str) -> dict[str, int]:
     return dict(counts)
 
 
+# Netron writes tensor shapes as W〈8×3×3×3〉 with CJK angle brackets (U+3008/U+3009) that machines
+# without CJK fonts draw as boxes; the mathematical angle brackets look the same and are in DejaVu Sans.
+GLYPHS = {"\u3008": "\u27e8", "\u3009": "\u27e9"}
+# Debian's fonts-dejavu-core (pulled in by chromium and graphviz) has every glyph Netron draws; named first,
+# it is used wherever installed (Chromium, rsvg, Inkscape), and other systems fall through Netron's own list.
+FONT = "DejaVu Sans"
+
+
+def portable_svg(svg: str) -> str:
+    """Netron's SVG with glyphs every machine has: the CJK brackets mapped, and DejaVu Sans named first
+    in each font-family (the same for the PNG, which is a screenshot of this SVG)."""
+    for a, b in GLYPHS.items():
+        svg = svg.replace(a, b)
+    # unquoted (valid CSS): the declaration may sit in a style="..." attribute
+    return re.sub(r"font-family:(?!\s*['\"]?DejaVu Sans)\s*", f"font-family: {FONT}, ", svg)
+
+
 def _svg_size(svg: str) -> tuple[float, float]:
     head = svg[: svg.find(">") + 1]
     sizes = []
@@ -181,9 +198,7 @@ def _screenshot(browser, svg: str, width: int | None, scale: float) -> tuple[byt
     natural_w, natural_h = _svg_size(svg)
     fit = min(1.0, width / natural_w) if width else 1.0
     view_w = width or math.ceil(natural_w)
-    # Netron writes tensor shapes as W〈8×3×3×3〉 with CJK angle brackets that most Linux machines
-    # without CJK fonts draw as boxes; the mathematical angle brackets look the same and are in DejaVu.
-    svg = svg.replace("\u3008", "\u27e8").replace("\u3009", "\u27e9")
+    svg = portable_svg(svg)
     page = browser.new_page(viewport={"width": view_w, "height": 800}, device_scale_factor=scale)
     try:
         page.set_content(f'<!DOCTYPE html><html><body style="margin:0;background:#fff">{svg}</body></html>')
@@ -219,6 +234,7 @@ def _render(path: Path, out: Path, fmt: str, width: int | None, scale: float, ti
                 svg = page.evaluate(_EXPORT_SVG_JS)
                 if not svg:
                     raise YexportError(f"Netron drew {path} but exported no SVG (unexpected Netron version?)")
+                svg = portable_svg(svg)
                 counts = count_drawn_ops(svg)
                 if fmt == "svg":
                     w, h = (math.ceil(v) for v in _svg_size(svg))

@@ -214,3 +214,14 @@ def test_yolov5s_collapses_to_25_boxes(tmp_path):
     blocks = gv.module_blocks(load_onnx(path))
     assert len(blocks) == 25 and [b.index for b in blocks] == list(range(25))
     assert [b.module for b in blocks] == YOLOV5S
+
+    dot = gv.build_dot(load_onnx(path), collapse="modules").text
+    # the block diagram as the YOLOv5 papers draw it: three groups, repeat counts, one head per level
+    for cluster in ("cluster_backbone", "cluster_neck", "cluster_head"):
+        assert f"subgraph {cluster}" in dot
+    backbone = dot.split("subgraph cluster_backbone {")[1].split("}")[0]
+    assert all(f'"b{i}"' in backbone for i in range(10)) and '"b10"' not in backbone
+    assert '"6: C3 ×3' in dot and '"9: SPPF' in dot
+    heads = [ln for ln in dot.splitlines() if ln.lstrip().startswith('"det') and " -> " not in ln]
+    assert len(heads) == 3 and "P3/8 head" in heads[0] and "grid 8×8" in heads[0] and "P5/32 head" in heads[2]
+    assert '"b17" -> "det0"' in dot and '"b23" -> "det2"' in dot

@@ -48,6 +48,16 @@ def test_render_svg_command(toy_fused_onnx, tmp_path):
     counts = rd.count_drawn_ops(svg)
     assert "BatchNormalization" not in counts and counts["Conv"] == 7
     assert "fill:" in svg and "font-family" in svg  # styles inlined: viewable on its own
+    # no CJK brackets (tofu without CJK fonts): the same glyph mapping as the PNG, DejaVu Sans named first
+    assert "\u3008" not in svg and "\u3009" not in svg and "\u27e8" in svg
+    assert "font-family: DejaVu Sans," in svg
+
+
+def test_portable_svg():
+    svg = '<text style="font-family: -apple-system, sans-serif">W\u30083\u00d73\u3009</text>'
+    out = rd.portable_svg(svg)
+    assert out == '<text style="font-family: DejaVu Sans, -apple-system, sans-serif">W\u27e83\u00d73\u27e9</text>'
+    assert rd.portable_svg(out) == out
 
 
 def test_count_drawn_ops():

@@ -36,6 +36,11 @@ def test_serve_fetch_page_and_model(toy_onnx):
         assert "netron" in page.lower() and f'content="/data/{toy_onnx.name}"' in page
         assert fetch(server.model_url) == toy_onnx.read_bytes()
         assert server.alive()
+        # consent already decided with Netron's own cookie (no banner, no ipinfo look-up), and a policy
+        # under which the page can reach nothing but this server (no analytics)
+        with urllib.request.urlopen(server.url, timeout=10) as r:
+            assert r.headers["Set-Cookie"].startswith("consent=") and "Path=/" in r.headers["Set-Cookie"]
+            assert "connect-src 'self'" in r.headers["Content-Security-Policy"]
     finally:
         server.stop()
     assert not server.alive()
