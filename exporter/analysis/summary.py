@@ -9,15 +9,51 @@ from torch import nn
 
 from exporter.models.common import Conv, Detect
 
+# Modules whose forward does no matrix arithmetic besides their own Conv2d/Linear children: for a
+# model made only of these, hooks on Conv2d/Linear count what torch.utils.flop_counter counts, without
+# the dispatch mode (which imports torch._dynamo: seconds on a first call).
+_PLAIN = (nn.BatchNorm2d, nn.SiLU, nn.ReLU, nn.LeakyReLU, nn.Hardswish, nn.Sigmoid, nn.Identity, nn.MaxPool2d,
+          nn.Upsample, nn.Sequential, nn.ModuleList, nn.Dropout)
+
+
+def _hookable(model: nn.Module) -> bool:
+    from exporter.models import common
+    from exporter.models.yolo import Model
+
+    ours = tuple(v for v in vars(common).values() if isinstance(v, type) and issubclass(v, nn.Module)
+                 and v.__module__ == common.__name__)
+    return all(type(m) in (nn.Conv2d, nn.Linear, *_PLAIN, Model, *ours) for m in model.modules())
+
 
 def count_flops(model: nn.Module, shape: tuple[int, ...]) -> int:
-    """Exact FLOPs of one forward pass at ``shape`` (torch.utils.flop_counter: 2 per multiply-add)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
+    """Exact FLOPs of one forward pass at ``shape`` as torch.utils.flop_counter counts them (2 per
+    multiply-add of convolutions and matrix products). For models built of plain layers and yexport's
+    YOLOv5 modules the Conv2d/Linear layers are counted by forward hooks, which gives the same figure."""
     p = next(model.parameters())
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        model(torch.zeros(shape, device=p.device, dtype=p.dtype))
-    return int(fc.get_total_flops())
+    x = torch.zeros(shape, device=p.device, dtype=p.dtype)
+    if not _hookable(model):
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+            model(x)
+        return int(fc.get_total_flops())
+    total = [0]
+
+    def conv(m: nn.Module, _inp: Any, out: torch.Tensor) -> None:
+        total[0] += 2 * out.numel() * m.weight[0].numel()  # (c_in / groups) * kh * kw per output element
+
+    def linear(m: nn.Module, _inp: Any, out: torch.Tensor) -> None:
+        total[0] += 2 * out.numel() * m.in_features
+
+    hooks = [m.register_forward_hook(conv if isinstance(m, nn.Conv2d) else linear)
+             for m in model.modules() if type(m) in (nn.Conv2d, nn.Linear)]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return total[0]
 
 
 def shapes_of(x: Any) -> Any:

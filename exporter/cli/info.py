@@ -34,6 +34,17 @@ EXAMPLES = (
 )
 
 
+def _one_thread() -> None:
+    """The quick summary runs two small forwards (the stride probe and the stride-sized FLOP count): one
+    thread does them as fast, while idle OpenMP workers spinning on a busy machine cost seconds. The
+    thread count is restored when the command ends."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    click.get_current_context().call_on_close(lambda: torch.set_num_threads(threads))
+
+
 @click.command("info", cls=Command, examples=EXAMPLES,
                short_help='Model summary: layers, parameters, GFLOPs, strides, anchors.')
 @click.argument("model", required=False, default="yolov5s")
@@ -54,6 +65,8 @@ def info(model: str, cfg: str | None, nc: int | None, seed: int, trust_checkpoin
         return
     from exporter.analysis.summary import summarize
 
+    if not exact:
+        _one_thread()
     lm = load_from_cli(model, cfg, nc, seed, trust_checkpoint)
     s = summarize(lm.model, img, exact=exact)
     rows = s.pop("layer_rows")
