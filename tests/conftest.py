@@ -38,7 +38,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     gpu_reason = None
-    browser_reason = None if shutil.which("chromium") else "Debian's chromium is not installed (make install-browser)"
+    browser_reason = None if shutil.which("chromium") else (
+        "no 'chromium' on PATH: Debian's chromium package is not installed (make install-browser); Ubuntu has no "
+        "chromium deb (chromium-browser is a snap that does not run headless here), see README")
     for item in items:
         if "gpu" in item.keywords:
             gpu_reason = gpu_reason or cuda_unusable_reason()
