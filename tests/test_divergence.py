@@ -7,10 +7,10 @@ import pytest
 from onnx import numpy_helper
 
 from exporter.api import export
-from exporter.parity.divergence import layer_outputs
 from exporter.models import load_model
 from exporter.options import ExportOptions
 from exporter.parity import check_parity
+from exporter.parity.divergence import layer_outputs
 
 
 @pytest.fixture(scope="module")

@@ -76,8 +76,9 @@ def test_first_stage_failing_and_usage_errors_keep_their_exit_code() -> None:
 
 def test_enabled_stages_follow_the_options() -> None:
     names = [s.name for s in STAGES]
-    assert names == ["prepare", "capture", "tidy", "infer_shapes", "simplify", "metadata", "checker", "parity"]
-    assert [s.name for s in enabled_stages(ExportOptions())] == [n for n in names if n != "simplify"]
+    assert names == ["prepare", "capture", "tidy", "infer_shapes", "simplify", "half", "metadata", "checker", "parity"]
+    assert [s.name for s in enabled_stages(ExportOptions())] == [n for n in names if n not in ("simplify", "half")]
+    assert "half" in [s.name for s in enabled_stages(ExportOptions(half=True))]
     assert [s.name for s in enabled_stages(ExportOptions(simplify=True, check=False, tidy=False))] == [
         "prepare", "capture", "infer_shapes", "simplify", "metadata", "checker"]
 
