@@ -18,6 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from exporter import progress
 from exporter.errors import ConfigError, InputError, MissingDependency, YexportError
 
 CHROMIUM_ARGS = (
@@ -95,7 +96,8 @@ def find_chromium(executable: str | None = None) -> str:
     if not found:
         name = executable or "chromium"
         raise MissingDependency(
-            f"headless browser '{name}' not found: install Debian's 'chromium' package (make install-browser)"
+            f"headless browser '{name}' not found: install Debian's 'chromium' package (make install-browser); "
+            "Ubuntu has no chromium deb (its chromium-browser is a snap): put a Chromium build on PATH as 'chromium'"
         )
     return found
 
@@ -220,7 +222,8 @@ def _render(path: Path, out: Path, fmt: str, width: int | None, scale: float, ti
     try:
         with sync_playwright() as pw:
             try:
-                browser = pw.chromium.launch(executable_path=exe, args=list(CHROMIUM_ARGS))
+                with progress.task("starting headless Chromium"):
+                    browser = pw.chromium.launch(executable_path=exe, args=list(CHROMIUM_ARGS))
             except Exception as exc:  # playwright raises its own Error type
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise YexportError(f"could not start Chromium ({exe}): {first}") from None
@@ -229,9 +232,11 @@ def _render(path: Path, out: Path, fmt: str, width: int | None, scale: float, ti
                 context.add_init_script(_KEEP_EVAL)
                 context.route("**/*", _route_for(server.url))
                 page = context.new_page()
-                page.goto(server.url)
-                _wait_drawn(page, path, timeout)
-                svg = page.evaluate(_EXPORT_SVG_JS)
+                with progress.task(f"Netron drawing {path.name}") as end:
+                    page.goto(server.url)
+                    _wait_drawn(page, path, timeout)
+                    svg = page.evaluate(_EXPORT_SVG_JS)
+                    end["detail"] = "graph drawn" if svg else "no SVG"
                 if not svg:
                     raise YexportError(f"Netron drew {path} but exported no SVG (unexpected Netron version?)")
                 svg = portable_svg(svg)
@@ -240,7 +245,8 @@ def _render(path: Path, out: Path, fmt: str, width: int | None, scale: float, ti
                     w, h = (math.ceil(v) for v in _svg_size(svg))
                     data: bytes = ('<?xml version="1.0" encoding="UTF-8"?>\n' + svg + "\n").encode("utf-8")
                 else:
-                    data, w, h = _screenshot(browser, svg, width, scale)
+                    with progress.task(f"screenshot {out.name}"):
+                        data, w, h = _screenshot(browser, svg, width, scale)
             finally:
                 browser.close()
     finally:
