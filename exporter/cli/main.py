@@ -59,16 +59,18 @@ class YexportGroup(click.Group):
         return getattr(importlib.import_module(module), attr)
 
     def invoke(self, ctx: click.Context) -> Any:
-        debug = bool(ctx.obj and ctx.obj.get("debug"))
+        def debug() -> bool:  # ctx.obj is set by the group's callback, inside super().invoke
+            return bool(ctx.obj and ctx.obj.get("debug"))
+
         try:
             return super().invoke(ctx)
         except YexportError as exc:
-            if debug:
+            if debug():
                 raise
             _error(str(exc))
             ctx.exit(exc.exit_code)
         except (KeyboardInterrupt, click.exceptions.Abort):
-            if debug:
+            if debug():
                 raise
             _error("interrupted")
             ctx.exit(130)
@@ -78,7 +80,7 @@ class YexportGroup(click.Group):
                 exc.yexport_command = f"{ctx.command_path} {sub}" if sub else ctx.command_path  # type: ignore[attr-defined]
             raise
         except OSError as exc:
-            if debug or exc.errno == errno.EPIPE:  # a closed stdout pipe: click exits quietly
+            if debug() or exc.errno == errno.EPIPE:  # a closed stdout pipe: click exits quietly
                 raise
             _error(os_error_line(exc))
             ctx.exit(2)
