@@ -13,6 +13,69 @@ Exporter = Literal["auto", "torchscript", "dynamo"]
 Dynamic = Literal["batch", "all"]
 Head = Literal["decode", "raw"]
 HalfIO = Literal["float16", "float32"]
+INPUT_DTYPES = ("float32", "float16", "float64", "int64", "int32", "bool")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One model input: its example shape, dtype and, for integer inputs, the values' upper bound
+    (exclusive; seeded example and parity inputs are drawn from ``[0, high)``)."""
+
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    high: int = 2
+
+    @property
+    def is_float(self) -> bool:
+        return self.dtype.startswith("float")
+
+    @property
+    def is_image(self) -> bool:
+        """A batch of RGB images (Bx3xHxW float): synthetic images, like the YOLO input."""
+        return self.is_float and len(self.shape) == 4 and self.shape[1] == 3
+
+    def dynamic_axes(self, dynamic: str | None) -> tuple[int, ...]:
+        """The axes made dynamic: the batch; with 'all' also every axis after the second (channels stay
+        fixed) for inputs of rank 3 or more, and every axis of a rank-2 input (e.g. batch and sequence)."""
+        if not dynamic or not self.shape:
+            return ()
+        if dynamic == "batch":
+            return (0,)
+        rank = len(self.shape)
+        return tuple(range(rank)) if rank <= 2 else (0, *range(2, rank))
+
+    def text(self) -> str:
+        dims = ",".join(map(str, self.shape))
+        return dims if self.dtype == "float32" else f"{dims}:{self.dtype}" + (
+            f":{self.high}" if not self.is_float and self.dtype != "bool" else "")
+
+    @classmethod
+    def parse(cls, value: str) -> InputSpec:
+        """``1,3,224,224`` (float32), ``1,16:int64`` (values in [0, 2)), ``1,16:int64:30522`` (in [0, 30522)),
+        ``1x16:bool``."""
+        dims, _, rest = str(value).strip().partition(":")
+        dtype, _, high = rest.partition(":")
+        dtype = dtype.strip().lower() or "float32"
+        dtype = {"float": "float32", "half": "float16", "double": "float64", "long": "int64", "int": "int64"}.get(
+            dtype, dtype)
+        if dtype not in INPUT_DTYPES:
+            raise ConfigError(f"--input-shape {value!r}: unknown dtype {dtype!r} (choose from {', '.join(INPUT_DTYPES)})")
+        try:
+            shape = tuple(int(d) for d in dims.lower().replace("x", ",").split(",") if d.strip())
+            bound = int(high) if high.strip() else 2
+        except ValueError:
+            raise ConfigError(f"--input-shape {value!r}: give sizes as 1,3,224,224 and optionally :DTYPE[:HIGH] "
+                              "(e.g. 1,16:int64:1000)") from None
+        if not shape or min(shape) < 1 or len(shape) > 8:
+            raise ConfigError(f"--input-shape {value!r}: give 1 to 8 positive sizes (e.g. 1,3,224,224)")
+        if bound < 1 or (high.strip() and (dtype.startswith("float") or dtype == "bool")):
+            raise ConfigError(f"--input-shape {value!r}: an upper bound applies to int64/int32 inputs only and is >= 1")
+        n = 1
+        for d in shape:
+            n *= d
+        if n > 1 << 28:
+            raise ConfigError(f"--input-shape {value!r}: {n:,} elements is more than one example input may have")
+        return cls(shape, dtype, bound)
 
 
 @dataclass(frozen=True)
@@ -46,6 +109,9 @@ class ExportOptions:
     images: str | None = None
     seed: int = 0
     detections: bool = True  # report detections after NMS beside the verdict
+    # the example inputs of a model that is not a YOLO image model (--input-shape); () means one image
+    # batch (batch, 3, *img)
+    input_shapes: tuple[InputSpec, ...] = ()
     strict: bool = False  # a degenerate comparison (an output constant on every input) fails the check
 
     @property
@@ -63,14 +129,28 @@ class ExportOptions:
 
     @property
     def capture_exporter(self) -> Literal["torchscript", "dynamo"]:
-        """The exporter that runs. 'auto' is TorchScript: on torch 2.13 both give the same clean graph
+        """The exporter tried first. 'auto' is TorchScript: on torch 2.13 both give the same clean graph
         after our tidy stage (230 nodes for yolov5s), TorchScript about ten times faster, and it alone
-        honours training mode; dynamo where TorchScript is gone."""
+        honours training mode; dynamo where TorchScript is gone. The capture stage falls back to the other
+        one when the first fails (:attr:`capture_strategies`)."""
+        return self.capture_strategies[0]
+
+    @property
+    def capture_strategies(self) -> tuple[Literal["torchscript", "dynamo"], ...]:
+        """The exporters capture tries, in order: one when named; with 'auto' the preferred one, then the
+        other (never dynamo for training mode, which it would silently export as eval)."""
         if self.exporter != "auto":
-            return self.exporter
+            return (self.exporter,)
         from exporter.stages.capture import torchscript_available
 
-        return "torchscript" if torchscript_available() else "dynamo"
+        if not torchscript_available():
+            return ("dynamo",)
+        return ("torchscript",) if self.training else ("torchscript", "dynamo")
+
+    @property
+    def example_inputs(self) -> tuple[InputSpec, ...]:
+        """The inputs of the example: ``input_shapes``, or one image batch ``(batch, 3, H, W)``."""
+        return self.input_shapes or (InputSpec((self.batch, 3, *self.img)),)
 
     def replace(self, **changes: Any) -> ExportOptions:
         return dataclasses.replace(self, **changes)
@@ -92,7 +172,7 @@ class ExportOptions:
             raise ConfigError("--int-shapes bakes the traced height and width into the graph, so a --dynamic all "
                               "file would be wrong at any other size; use --dynamic batch with --int-shapes, "
                               "or drop --int-shapes")
-        if self.img[0] % 32 or self.img[1] % 32:
+        if not self.input_shapes and (self.img[0] % 32 or self.img[1] % 32):
             raise ConfigError(f"--img {self.img[0]},{self.img[1]}: sizes must be multiples of 32 (the largest stride)")
         if self.inputs is not None and self.inputs < 1:
             raise ConfigError(f"inputs={self.inputs}: parity needs at least one input")
@@ -114,6 +194,7 @@ class ExportOptions:
         d["int_shapes"] = self.use_int_shapes
         d["exporter"] = self.capture_exporter
         d["img"] = list(self.img)
+        d["input_shapes"] = [i.text() for i in self.input_shapes]
         d["providers"] = list(self.providers)
         d["require"] = list(self.require)
         return d

@@ -24,7 +24,7 @@ from exporter.pipeline import Context
 # ExportOptions fields that shape the graph; every other field is a run-record option.
 GRAPH_OPTION_FIELDS: frozenset[str] = frozenset({
     "keep_bn", "training", "int_shapes", "tidy", "infer_shapes", "simplify", "dynamic", "img", "batch",
-    "opset", "exporter", "head",
+    "opset", "exporter", "head", "input_shapes",
 })
 # Keys that record how the run was made, not what the graph is.
 RUN_RECORD_KEYS: frozenset[str] = frozenset({
@@ -143,8 +143,13 @@ def metadata(ctx: Context) -> Context:
         "yexport.head": o.head,
         "yexport.dynamic": o.dynamic or "none",
         "yexport.img": f"{o.img[0]},{o.img[1]}",
-        "yexport.exporter": o.capture_exporter,
+        # the exporter that made the graph (auto may have fallen back; capture_attempts in the manifest)
+        "yexport.exporter": next((a["exporter"] for a in ctx.capture_attempts if a.get("ok")), o.capture_exporter),
     }
+    if o.input_shapes:  # what parity feeds: names, example shapes, dtypes, integer bounds
+        names = [i.name for i in ctx.graph.graph.input]
+        props["yexport.inputs"] = json.dumps([{"name": n, "shape": list(s.shape), "dtype": s.dtype, "high": s.high}
+                                              for n, s in zip(names, o.input_shapes, strict=False)])
     if getattr(src, "sha256", ""):
         props["yexport.source_sha256"] = src.sha256
     from exporter.models.common import model_strides

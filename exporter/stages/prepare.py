@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from exporter.errors import ConfigError
+from exporter.options import InputSpec
 from exporter.pipeline import Context
 
 if TYPE_CHECKING:
@@ -119,6 +120,8 @@ def _fold_in(parent: nn.Module, prefix: str, uses: dict[int, int], out: BatchNor
             continue
         if type(bn) is not nn.BatchNorm2d or len(nodes) != 1 or uses[id(bn)] != 1 or bn.running_mean is None:
             out.kept.append(f"{prefix}{b} (not a plain BatchNorm2d called once with running statistics)")
+            if type(bn) is not nn.BatchNorm2d:  # e.g. timm's BatchNormAct2d: the exporter may still fold it
+                out.unseen += 1
             continue
         (node,) = nodes
         src = node.args[0] if node.args else None
@@ -170,6 +173,31 @@ def fold_leftover_batchnorms(model: nn.Module) -> BatchNormFold:
 # ------------------------------------------------------------------------------------------ stage
 
 
+def example_inputs(specs: tuple[InputSpec, ...], seed: int, device: torch.device | str = "cpu") -> \
+        torch.Tensor | tuple[torch.Tensor, ...]:
+    """Seeded example tensors for ``--input-shape``: synthetic images for Bx3xHxW float inputs, uniform
+    [0, 1) for other float inputs, integers in [0, high) and booleans otherwise. One spec gives one
+    tensor; several give a tuple (the forward's positional arguments)."""
+    import torch
+
+    from exporter.models.weights import synthetic_images
+
+    out = []
+    gen = torch.Generator().manual_seed(seed)
+    for s in specs:
+        if s.is_image:
+            t = synthetic_images(s.shape[0], (s.shape[2], s.shape[3]), seed)
+        elif s.is_float:
+            t = torch.rand(s.shape, generator=gen)
+        elif s.dtype == "bool":
+            t = torch.randint(0, 2, s.shape, generator=gen).bool()
+        else:
+            t = torch.randint(0, s.high, s.shape, generator=gen)
+        out.append(t.to(device=device, dtype=getattr(torch, s.dtype)))
+    return out[0] if len(out) == 1 else tuple(out)
+
+
+
 def prepare(ctx: Context) -> Context:
     from torch import nn
 
@@ -179,8 +207,11 @@ def prepare(ctx: Context) -> Context:
     o = ctx.options
     from exporter.models.common import model_strides
 
-    smax = max(model_strides(ctx.source.model) or [32])
-    if o.img[0] % smax or o.img[1] % smax:
+    strides = model_strides(ctx.source.model)
+    smax = max(strides or [32])
+    if strides and o.input_shapes:
+        raise ConfigError("--input-shape is for models other than YOLO; give a YOLO model's size with --img")
+    if not o.input_shapes and (o.img[0] % smax or o.img[1] % smax):
         raise ConfigError(f"--img {o.img[0]},{o.img[1]}: this model's largest stride is {smax}; "
                           f"use sizes that are multiples of {smax}")
     dev = resolve_device(o.device)
@@ -214,10 +245,18 @@ def prepare(ctx: Context) -> Context:
         if fold.kept:
             changes.append(f"kept {len(fold.kept)} BatchNorm2d not foldable here: {', '.join(fold.kept[:3])}"
                            + (f" and {len(fold.kept) - 3} more" if len(fold.kept) > 3 else ""))
-    for p in model.parameters():
-        p.requires_grad_(False)
+    # The parameters keep requires_grad: frozen parameters (or no_grad) send nn.MultiheadAttention and
+    # TransformerEncoderLayer down their fused fast path (aten::_native_multi_head_attention), which no
+    # ONNX exporter translates; capture also turns that fast path off explicitly.
     h, w = o.img
-    example = synthetic_images(o.batch, (h, w), o.seed).to(dev)
+    specs = o.example_inputs
+    if o.dynamic and not isinstance(det, Detect) and any(sp.shape[0] == 1 for sp in specs):
+        # torch.export specializes a dimension of size 1 (and tidy's rewrites then bake it): a model other
+        # than YOLOv5 is captured at batch 2 when the batch is dynamic; parity still checks batch 1
+        specs = tuple(InputSpec((2, *sp.shape[1:]), sp.dtype, sp.high) if sp.shape[0] == 1 else sp for sp in specs)
+        changes.append("example at batch 2 (a batch of 1 would be specialized by the exporter)")
+    example = example_inputs(specs, o.seed, dev) if specs != o.example_inputs or o.input_shapes else \
+        synthetic_images(o.batch, (h, w), o.seed).to(dev)
     ctx = ctx.replace(model=model, example=example, bn_expected=n_bn() - fold.uncalled,
                       bn_may_fold=fold.unseen,
                       change="; ".join(changes) or "copied")
@@ -226,7 +265,7 @@ def prepare(ctx: Context) -> Context:
                        "record says why each); they stay as BatchNormalization(training_mode=0) in the graph"
                        + (f" (the exporter may still fold {fold.unseen} whose input prepare could not see)"
                           if fold.unseen else ""))
-    if o.use_int_shapes and o.dynamic == "batch":
+    if o.use_int_shapes and o.dynamic == "batch" and isinstance(det, Detect):  # int shapes are Detect's
         ctx = ctx.note(f"int shapes: feature-map sizes for {h}x{w} are constants in the graph; the batch stays "
                        "dynamic (--no-int-shapes keeps the traced shape arithmetic)")
     if o.training:
