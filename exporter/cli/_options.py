@@ -28,8 +28,35 @@ def _trust_from_command_line(ctx: click.Context, param: click.Parameter, value: 
     return value
 
 
+FACTORY_HELP = ("MODEL may also be your own code, pkg.module:factory or path/to/file.py:factory (a callable "
+                "returning the nn.Module): yexport imports that module, which runs its code, as you ask by "
+                "naming it; nothing else ever executes code (checkpoints are never unpickled without "
+                "--trust-checkpoint).")
+
+
+def _stash(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Keep an option's value in the context (read by :func:`load_from_cli` / :func:`input_shapes_from_cli`),
+    so commands need no parameter for it."""
+    ctx.meta[f"yexport.{param.name}"] = value
+    return value
+
+
+def _meta(name: str, default: Any = None) -> Any:
+    ctx = click.get_current_context(silent=True)
+    return ctx.meta.get(f"yexport.{name}", default) if ctx is not None else default
+
+
 def model_options(f: F) -> F:
-    """Adds --cfg, --nc, --seed and --trust-checkpoint."""
+    """Adds --cfg, --nc, --seed, --trust-checkpoint, and --weights / --strict-weights for factory models."""
+    for opt in reversed([
+        click.option("--weights", type=click.Path(dir_okay=False), default=None, expose_value=False,
+                     callback=_stash, metavar="FILE.pt",
+                     help="A state_dict loaded over a factory model (torch.load with weights_only=True; full "
+                          "unpickling only with --trust-checkpoint). " + FACTORY_HELP),
+        click.option("--strict-weights/--no-strict-weights", default=True, show_default=True, expose_value=False,
+                     callback=_stash, help="With --weights: every key must match the model (or load what fits)."),
+    ]):
+        f = opt(f)
     for opt in reversed([
         click.option("--cfg", type=click.Path(dir_okay=False), default=None,
                      help="YAML config for a plain state_dict checkpoint."),
@@ -51,10 +78,43 @@ def load_from_cli(model: str, cfg: str | None, nc: int | None, seed: int, trust_
 
     what = "building and calibrating" if not Path(model).suffix or model.endswith((".yaml", ".yml")) else "loading"
     with progress.task(f"{what} {Path(model).name}") as end:
-        lm = load_model(model, cfg=cfg, nc=nc, seed=seed, trust_checkpoint=trust_checkpoint)
+        lm = load_model(model, cfg=cfg, nc=nc, seed=seed, trust_checkpoint=trust_checkpoint, **factory_options())
         n = sum(p.numel() for p in lm.model.parameters())
         end["detail"] = f"{n:,} parameters, weights: {lm.weights}"
     return lm
+
+
+def factory_options() -> dict[str, Any]:
+    """--weights and --strict-weights of the running command, as :func:`exporter.models.load_model` takes them."""
+    out = {"weights": _meta("weights"), "strict_weights": _meta("strict_weights", True)}
+    return {k: v for k, v in out.items() if v is not None and v is not True}  # the defaults: nothing to pass
+
+
+def _parse_input_shapes(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[Any, ...]:
+    from exporter.errors import ConfigError
+    from exporter.options import InputSpec
+
+    try:
+        specs = tuple(InputSpec.parse(v) for v in value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc).removeprefix("--input-shape "), param_hint="--input-shape") from None
+    ctx.meta["yexport.input_shapes"] = specs
+    return specs
+
+
+def input_shape_option(f: F) -> F:
+    """Adds --input-shape (repeatable): the example inputs of a model that is not a YOLO image model."""
+    return click.option(
+        "--input-shape", "input_shapes", multiple=True, expose_value=False, callback=_parse_input_shapes,
+        metavar="SHAPE[:DTYPE[:HIGH]]",
+        help="Example input of a non-YOLO model, e.g. 1,3,224,224; repeat it for several inputs (the forward's "
+             "positional arguments, in order); non-float inputs as 1,16:int64 (values in [0, 2)) or "
+             "1,16:int64:30522 (in [0, 30522)), masks as 1,16:bool. Default: one 1x3xHxW image batch of --img.")(f)
+
+
+def input_shapes_from_cli() -> tuple[Any, ...]:
+    """The running command's --input-shape values (InputSpec), () when none were given."""
+    return tuple(_meta("input_shapes", ()) or ())
 
 
 class ImageSize(click.ParamType):
@@ -181,8 +241,12 @@ def preflight_export(model: str, out_dir: str, name: str | None, variants: list[
 
     if name is not None and (not name or os.sep in name or name in (".", "..") or "\0" in name):
         raise ConfigError(f"--name {name!r}: give a file name stem without folders (the folder is -o)")
-    src = builtin_path(model) or Path(model)
-    check_export_outputs(out_dir, name or src.stem, variants, inputs=[src, cfg])
+    from exporter.models.factory import parse_factory
+
+    factory = parse_factory(model)
+    src = Path(factory[0]) if factory else builtin_path(model) or Path(model)
+    stem = (src.stem if factory[0].endswith(".py") else factory[0].rpartition(".")[2]) if factory else src.stem
+    check_export_outputs(out_dir, name or stem, variants, inputs=[src, cfg, _meta("weights")])
     if images is not None:
         d = Path(images)
         if not d.is_dir():

@@ -11,6 +11,8 @@ import click
 from exporter.cli._help import Command
 from exporter.cli._options import (
     IMG,
+    input_shape_option,
+    input_shapes_from_cli,
     load_config_defaults,
     load_from_cli,
     model_options,
@@ -116,6 +118,7 @@ SECTIONS = {
 @click.option("--check/--no-check", default=True, show_default=True, help="Check parity against PyTorch.")
 @parity_options
 @model_options
+@input_shape_option
 @click.option("--view", is_flag=True, help="Open the (first) result in Netron when done.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of the table.")
 def export(model: str, out_dir: str, name: str | None, force: bool, variants: str | None, keep_bn: bool | None, training: bool,
@@ -125,8 +128,9 @@ def export(model: str, out_dir: str, name: str | None, force: bool, variants: st
            providers: str, require: str, atol: tuple[str, ...], rtol: float | None, inputs: int | None, images: str | None,
            strict: bool, detections: bool,
            cfg: str | None, nc: int | None, seed: int, trust_checkpoint: bool, view: bool, as_json: bool) -> None:
-    """Export MODEL (a built-in name, a YAML config or a checkpoint; default yolov5s) to ONNX, with a
-    manifest beside each file, and check each file against PyTorch on onnxruntime.
+    """Export MODEL (a built-in name, a YAML config, a checkpoint, or your own pkg.module:factory /
+    file.py:factory, whose import runs your code; default yolov5s) to ONNX, with a manifest beside
+    each file, and check each file against PyTorch on onnxruntime.
 
     Exit status: 0 all files written and passing, 1 a parity or stage failure, 2 a usage or input error.
     """
@@ -141,7 +145,7 @@ def export(model: str, out_dir: str, name: str | None, force: bool, variants: st
         head="raw" if raw_head else "decode", half=half, half_io=half_io,  # type: ignore[arg-type]
         device=device, check=check, providers=split_list(providers),
         require=split_list(require), atol=a, rtol=rtol, output_atol=per_output, inputs=inputs, images=images, seed=seed,
-        detections=detections, strict=strict,
+        detections=detections, strict=strict, input_shapes=input_shapes_from_cli(),
     )
     names = list(split_list(variants))
     for v in names:  # refuse bad variants and combinations before any work

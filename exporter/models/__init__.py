@@ -74,14 +74,24 @@ def load_model(
     nc: int | None = None,
     seed: int = 0,
     trust_checkpoint: bool = False,
+    weights: str | Path | None = None,
+    strict_weights: bool = True,
 ) -> LoadedModel:
     """Resolve what a user named: a built-in name, a YAML config, a checkpoint (optionally with ``cfg``
-    for a plain state_dict). Models built from a config get seeded realistic weights
+    for a plain state_dict), or the user's own code, ``pkg.module:factory`` / ``file.py:factory``
+    (importing it runs that code; ``weights``: a state_dict loaded over the factory's model, see
+    :mod:`exporter.models.factory`). Models built from a config get seeded realistic weights
     (see :func:`exporter.models.weights.calibrate`), so the same name and seed always give the same model.
     """
+    from exporter.models.factory import load_factory, parse_factory
     from exporter.models.weights import calibrate_cached
 
     src = str(source)
+    if parse_factory(src) is not None:
+        return load_factory(src, seed=seed, weights=weights, strict=strict_weights, trust_checkpoint=trust_checkpoint)
+    if weights is not None:
+        raise InputError(f"--weights {weights}: only for a factory model (pkg.module:factory or file.py:factory); "
+                         "a YOLOv5 state_dict is the MODEL itself, with --cfg")
     path = builtin_path(src)
     kind = "builtin" if path else None
     if path is None:
