@@ -101,7 +101,7 @@ def compare_with(onnx_model: Any, ref: Reference, *, providers: tuple[str, ...] 
         runs[requested] = []
         for k, case in enumerate(ref.cases, 1):
             progress.step(f"parity {requested}: input", k, len(ref.cases), kind="parity")
-            outs = run(sess, proto, case.x, requested)
+            outs = run(sess, proto, case.feeds, requested)
             if len(outs) != len(case.fp32):
                 raise InputError(f"the ONNX file has {len(outs)} outputs but the model gives {len(case.fp32)}: "
                                  "is it the model this file was exported from?")
@@ -112,11 +112,11 @@ def compare_with(onnx_model: Any, ref: Reference, *, providers: tuple[str, ...] 
             first = runs[requested][0]
             spread = 0.0
             for _ in range(repeat - 1):
-                again = run(sess, proto, ref.cases[0].x, requested)
+                again = run(sess, proto, ref.cases[0].feeds, requested)
                 spread = max([spread, *(_max_abs(x, y) for x, y in zip(first, again, strict=True))])
             result.repeat_max_abs = spread
         failing = next((i for i, c in enumerate(result.cases) if not c.passed), None)
-        if failing is not None and model is not None and has_truth and not explicit:
+        if failing is not None and model is not None and has_truth and not explicit and not ref.cases[failing].more:
             from exporter.parity.divergence import locate
 
             found = locate(proto, model, ref.cases[failing].x, provider=result.provider,

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from exporter.errors import InputError
+from exporter.options import InputSpec
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 MAX_IMAGE_BYTES = 64 << 20  # a larger file is refused before it is decoded
@@ -59,8 +60,45 @@ def default_count(shapes: list[tuple[int, ...]], images: str | None) -> int:
     return 2 if len(shapes) == 1 else 1
 
 
-def make_inputs(shapes: list[tuple[int, ...]], n: int | None, seed: int, images: str | None) -> list[tuple[str, np.ndarray]]:
-    """(label, array) inputs: ``n`` per shape, seeded synthetic images or letterboxed real ones."""
+def shape_text(shape: Any) -> str:
+    """1x3x640x640; a set of several inputs as 1x16:int64+1x16:bool."""
+    if shape and isinstance(shape[0], InputSpec):
+        return "+".join("x".join(map(str, sp.shape)) + ("" if sp.dtype == "float32" else f":{sp.dtype}")
+                        for sp in shape)
+    return "x".join(map(str, shape))
+
+
+def _spec_inputs(specs: tuple[InputSpec, ...], n: int, seed: int, files: list[Path]) -> list[tuple[str, Any]]:
+    """``n`` seeded input sets for a model with several or non-float inputs: synthetic (or --images)
+    images for Bx3xHxW float inputs, uniform [0, 1) for other float ones, integers in [0, high), booleans."""
+    from exporter.models.weights import synthetic_images
+
+    out: list[tuple[str, Any]] = []
+    for k in range(n):
+        s = seed + INPUT_SEED_OFFSET + k
+        rng = np.random.default_rng(s)
+        arrays = []
+        for sp in specs:
+            if sp.is_image and files:
+                b = sp.shape[0]
+                arrays.append(np.stack([letterbox(files[(k * b + j) % len(files)], (sp.shape[2], sp.shape[3]))
+                                        for j in range(b)]).astype(sp.dtype))
+            elif sp.is_image:
+                arrays.append(synthetic_images(sp.shape[0], (sp.shape[2], sp.shape[3]), s).numpy().astype(sp.dtype))
+            elif sp.is_float:
+                arrays.append(rng.random(sp.shape, dtype=np.float64).astype(sp.dtype))
+            elif sp.dtype == "bool":
+                arrays.append(rng.integers(0, 2, sp.shape).astype(bool))
+            else:
+                arrays.append(rng.integers(0, sp.high, sp.shape).astype(sp.dtype))
+        out.append((f"seeded {'images' if files else 'inputs'} {s}", tuple(arrays)))
+    return out
+
+
+def make_inputs(shapes: list[Any], n: int | None, seed: int, images: str | None) -> list[tuple[str, Any]]:
+    """(label, array) inputs: ``n`` per shape, seeded synthetic images or letterboxed real ones. A shape
+    that is a tuple of :class:`InputSpec` (a model with several or non-float inputs) gives (label, tuple of
+    arrays), one per input."""
     from exporter.models.weights import synthetic_images
 
     if n is None:
@@ -70,6 +108,11 @@ def make_inputs(shapes: list[tuple[int, ...]], n: int | None, seed: int, images:
     files = image_files(images) if images else []
     out = []
     for shape in shapes:
+        if shape and isinstance(shape[0], InputSpec):
+            if files and not any(sp.is_image for sp in shape):
+                raise InputError(f"--images: the file's inputs are {shape_text(shape)}, not an image batch (Bx3xHxW)")
+            out += _spec_inputs(tuple(shape), n, seed, files)
+            continue
         if len(shape) != 4 or shape[1] != 3:
             if files:
                 raise InputError(f"--images: the file's input is {list(shape)}, not an image batch (Bx3xHxW)")
@@ -102,6 +145,8 @@ def default_shapes(proto: Any) -> list[tuple[int, ...]]:
     meta = {p.key: p.value for p in proto.metadata_props}
     if not proto.graph.input:
         raise InputError("the file has no graph input to feed")
+    if "yexport.inputs" in meta:
+        return input_sets(proto, meta["yexport.inputs"])
     dims = proto.graph.input[0].type.tensor_type.shape.dim
     fixed = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims]
     if None not in fixed:
@@ -124,3 +169,46 @@ def default_shapes(proto: Any) -> list[tuple[int, ...]]:
         batches = [1, 2, 1] if fixed[0] is None else [b] * 3
         return [(bb, fixed[1] or 3, sh, sw) for bb, (sh, sw) in zip(batches, sizes, strict=True)]
     return [(bb, fixed[1] or 3, h, w) for bb in [1, 2, 4]]
+
+
+_ONNX_DTYPES = {1: "float32", 10: "float16", 11: "float64", 7: "int64", 6: "int32", 9: "bool"}
+
+
+def input_sets(proto: Any, recorded: str) -> list[Any]:
+    """Input sets to check for a file exported with ``--input-shape`` (``yexport.inputs``: name, example
+    shape, dtype, integer bound per input): the example shapes, and for dynamic axes two more sets
+    with the batch at 2 and other dynamic sizes at three quarters (at least 1)."""
+    import json
+
+    try:
+        rows = {r["name"]: r for r in json.loads(recorded)}
+    except (ValueError, TypeError, KeyError):
+        rows = {}
+    specs: list[InputSpec] = []
+    dyn: list[list[int]] = []
+    for i in proto.graph.input:
+        t = i.type.tensor_type
+        dims = list(t.shape.dim)
+        row = rows.get(i.name, {})
+        example = [int(v) for v in row.get("shape", [])] if len(row.get("shape", [])) == len(dims) else []
+        fixed = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims]
+        if not example and None in fixed:
+            raise InputError(f"input {i.name!r} has dynamic dimensions and no recorded example shape: give "
+                             "--shapes")
+        shape = tuple(f if f is not None else e for f, e in zip(fixed, example or fixed, strict=True))
+        dtype = row.get("dtype") or _ONNX_DTYPES.get(t.elem_type, "float32")
+        specs.append(InputSpec(shape, dtype, int(row.get("high", 2)) or 2))  # type: ignore[arg-type]
+        dyn.append([k for k, f in enumerate(fixed) if f is None])
+    if not specs:
+        raise InputError("the file has no graph input to feed")
+    sets: list[Any] = [tuple(specs)]
+    if any(dyn):
+        for batch, scale in ((2, 1.0), (1, 0.75)):  # batch 2; then the other dynamic sizes smaller
+            moved = []
+            for sp, axes in zip(specs, dyn, strict=True):
+                shape = list(sp.shape)
+                for a in axes:
+                    shape[a] = batch if a == 0 else max(1, int(shape[a] * scale))
+                moved.append(InputSpec(tuple(shape), sp.dtype, sp.high))
+            sets.append(tuple(moved))
+    return sets

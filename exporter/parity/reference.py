@@ -14,7 +14,7 @@ import numpy as np
 
 from exporter.errors import first_line
 from exporter.parity.compare import YoloLayout
-from exporter.parity.inputs import make_inputs
+from exporter.parity.inputs import make_inputs, shape_text
 
 
 @dataclass
@@ -26,6 +26,12 @@ class Case:
     exported: list[np.ndarray] | None = None  # the module exported (e.g. fused), fp32
     floor: list[np.ndarray] | None = None  # the source model in the file's precision when not fp32
     floor_cuda: list[np.ndarray] | None = None  # the same forward by PyTorch on CUDA, for the CUDA provider
+    more: tuple[np.ndarray, ...] = ()  # the inputs after the first, for a model with several
+
+    @property
+    def feeds(self) -> tuple[np.ndarray, ...]:
+        """Every input of the case, in the forward's order (``x`` is the first)."""
+        return (self.x, *self.more)
 
     @property
     def noise(self) -> list[np.ndarray]:
@@ -135,11 +141,14 @@ def fp16_storage(model: Any) -> Any:
     return m
 
 
-def _forward(model: Any, x: np.ndarray, dtype: Any, device: Any) -> list[np.ndarray]:
+def _forward(model: Any, x: np.ndarray | tuple[np.ndarray, ...], dtype: Any, device: Any) -> list[np.ndarray]:
+    """One forward on ``x`` (one array, or one per input); only floating inputs take ``dtype``."""
     import torch
 
+    feeds = x if isinstance(x, tuple) else (x,)
+    args = [torch.from_numpy(a).to(device=device, dtype=dtype if a.dtype.kind == "f" else None) for a in feeds]
     with torch.no_grad():
-        return flatten(model(torch.from_numpy(x).to(device=device, dtype=dtype)))
+        return flatten(model(*args))
 
 
 def fused_copy(model: Any) -> Any | None:
@@ -186,9 +195,12 @@ def build_reference(model: Any, shapes: list[tuple[int, ...]], *, inputs: int | 
             cuda_model, cuda_dtype = cuda_model.half(), torch.float16
     cases_in = make_inputs(shapes, inputs, seed, images)
     cases = []
-    for label, x in cases_in:
+    for label, x_in in cases_in:
+        x = tuple(x_in) if isinstance(x_in, tuple) else x_in  # several inputs: a tuple of arrays
         if precision == "float16":
-            x = x.astype(np.float16).astype(np.float32)
+            x = tuple(a.astype(np.float16).astype(np.float32) if a.dtype.kind == "f" else a
+                      for a in (x if isinstance(x, tuple) else (x,)))
+            x = x if len(x) > 1 else x[0]
         y32 = _forward(ref32, x, torch.float32, dev)
         yf = _forward(floor_model, x, floor_dtype, dev) if floor_model is not None else None
         y64 = None
@@ -203,12 +215,13 @@ def build_reference(model: Any, shapes: list[tuple[int, ...]], *, inputs: int | 
             yc = yf if yf is not None else y32
         else:
             yc = _forward(cuda_model, x, cuda_dtype, torch.device("cuda")) if cuda_model is not None else None
-        cases.append(Case(label, x, y32, y64, ye, [a.astype(np.float32) for a in yf] if yf is not None else None,
-                          [a.astype(np.float32) for a in yc] if yc is not None else None))
+        feeds = x if isinstance(x, tuple) else (x,)
+        cases.append(Case(label, feeds[0], y32, y64, ye, [a.astype(np.float32) for a in yf] if yf is not None else None,
+                          [a.astype(np.float32) for a in yc] if yc is not None else None, more=feeds[1:]))
     if ref64 is None:
         for c in cases:
             c.f64 = None
-    where = ", ".join("x".join(map(str, s)) for s in shapes)
+    where = ", ".join(shape_text(s) for s in shapes)
     desc = f"{len(cases)} input(s) at {where}" + (f" from {images}" if images else " (seeded synthetic images)")
     return Reference(cases, "train" if training else "eval", desc, head, layout_of(model, head), no_f64,
                      fused=exported is not None, floor=floor, precision=precision)

@@ -69,9 +69,9 @@ def open_session(model_bytes: bytes | str, requested: str) -> tuple[Any, Provide
     return sess, result
 
 
-def check_input(proto: Any, x: np.ndarray) -> None:
-    """Refuse an input the file's declared input cannot take (rank, static sizes), as an input error."""
-    dims = proto.graph.input[0].type.tensor_type.shape.dim
+def check_input(proto: Any, x: np.ndarray, index: int = 0) -> None:
+    """Refuse an input the file's declared input ``index`` cannot take (rank, static sizes), as an input error."""
+    dims = proto.graph.input[index].type.tensor_type.shape.dim
     want = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims]
     shown = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?") for d in dims]
     if len(want) != x.ndim or any(w is not None and w != s for w, s in zip(want, x.shape, strict=False)):
@@ -79,18 +79,26 @@ def check_input(proto: Any, x: np.ndarray) -> None:
                          "(give --shapes that match it)")
 
 
-def run(sess: Any, proto: Any, x: np.ndarray, requested: str) -> list[np.ndarray]:
-    """One onnxruntime run; a failure inside onnxruntime is a parity failure naming its message."""
+def run(sess: Any, proto: Any, x: np.ndarray | tuple[np.ndarray, ...], requested: str) -> list[np.ndarray]:
+    """One onnxruntime run on ``x`` (one array, or one per graph input in order); a failure inside
+    onnxruntime is a parity failure naming its message."""
     import onnx
 
-    check_input(proto, x)
-    if proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16:
-        x = x.astype(np.float16)
+    feeds = x if isinstance(x, tuple) else (x,)
+    if len(feeds) != len(proto.graph.input):
+        raise InputError(f"the file has {len(proto.graph.input)} inputs but {len(feeds)} were given")
+    named = {}
+    for k, (graph_input, a) in enumerate(zip(proto.graph.input, feeds, strict=True)):
+        check_input(proto, a, k)
+        if graph_input.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16 and a.dtype.kind == "f":
+            a = a.astype(np.float16)
+        named[graph_input.name] = a
+    shown = "+".join("x".join(map(str, a.shape)) for a in feeds)
     try:
-        return list(sess.run(None, {proto.graph.input[0].name: x}))
+        return list(sess.run(None, named))
     except Exception as exc:  # onnxruntime's RuntimeException, Fail, InvalidArgument...
         raise ParityError(f"onnxruntime failed running the file on {requested} for input "
-                          f"{'x'.join(map(str, x.shape))}: {first_line(exc)[:300]}") from None
+                          f"{shown}: {first_line(exc)[:300]}") from None
 
 
 def _fallback_reason(log: str) -> str:
