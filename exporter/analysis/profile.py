@@ -58,6 +58,8 @@ class ProfileReport:
     runs: int
     warmup: int
     totals: dict[str, Any] = field(init=False)
+    inputs: list[str] = field(default_factory=list)  # the example inputs (module profiles)
+    whole_gflops: float | None = None  # the whole model's count (module profiles: parents' own code included)
 
     def __post_init__(self) -> None:
         bw = [r.backward_ms for r in self.layers if r.backward_ms is not None]
@@ -69,8 +71,11 @@ class ProfileReport:
         }
 
     def to_dict(self) -> dict[str, Any]:
-        return {"device": self.device, "img": self.img, "runs": self.runs, "warmup": self.warmup,
-                "layers": [r.to_dict() for r in self.layers], "totals": self.totals}
+        out = {"device": self.device, "img": self.img, "runs": self.runs, "warmup": self.warmup,
+               "layers": [r.to_dict() for r in self.layers], "totals": self.totals}
+        if self.inputs:
+            out.update(inputs=self.inputs, whole_gflops=self.whole_gflops)
+        return out
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -87,6 +92,12 @@ def resolve_device(device: str | torch.device) -> torch.device:
     elif dev.type != "cpu":
         raise ConfigError(f"device '{device}': give cpu or cuda")
     return dev
+
+
+def _has_layers(model: nn.Module) -> bool:
+    seq = getattr(model, "model", None)
+    return (isinstance(seq, nn.Sequential) and all(hasattr(m, "f") and hasattr(m, "i") for m in seq)) or \
+        isinstance(model, nn.Sequential)
 
 
 def _yaml_layers(model: nn.Module) -> list[Any]:
@@ -129,11 +140,13 @@ def profile_model(
     inputs: torch.Tensor | None = None,
     seed: int = 0,
     progress: Progress | None = None,
+    input_specs: Any = (),
 ) -> ProfileReport:
     """Profile every YAML layer of ``model`` (a copy runs on ``device``; the caller's model is untouched).
 
     GFLOPs are counted with torch.utils.flop_counter on each layer's real input, so they add up to the
-    exact whole-model count. ``inputs`` replaces the seeded synthetic image.
+    exact whole-model count. ``inputs`` replaces the seeded synthetic image. Any other model (or one
+    given ``input_specs``, --input-shape) is profiled module by module (:func:`profile_modules`).
     """
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -143,6 +156,11 @@ def profile_model(
         raise ConfigError(f"runs must be at least 1, got {runs}")
     dev = resolve_device(device)
     hw = (img, img) if isinstance(img, int) else (int(img[0]), int(img[1]))
+    if input_specs or not _has_layers(model):
+        from exporter.analysis.generic import example_specs
+
+        return profile_modules(model, example_specs(tuple(input_specs or ()), hw), device=dev, runs=runs,
+                               warmup=warmup, backward=backward, seed=seed, progress=progress)
     model = deepcopy(model).to(dev).eval()
     layers = _yaml_layers(model)
     x: Any = (inputs if inputs is not None else synthetic_images(1, hw, seed)).to(dev)
@@ -209,3 +227,162 @@ def profile_model(
     if progress:
         progress(total, total, "done")
     return ProfileReport(rows, str(dev), list(hw), runs, warmup)
+
+
+# ------------------------------------------------------------------------------ any nn.Module, by hooks
+
+
+@dataclass
+class _Call:
+    name: str
+    module: nn.Module
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    output: Any = None
+    calls_children: bool = False
+
+
+def _detached(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.detach()
+    if isinstance(x, (list, tuple)):
+        return type(x)(_detached(v) for v in x) if not hasattr(x, "_fields") else type(x)(*(_detached(v) for v in x))
+    if isinstance(x, dict):
+        return {k: _detached(v) for k, v in x.items()}
+    return x
+
+
+def _leaf_tensors(y: Any) -> list[torch.Tensor]:
+    if isinstance(y, torch.Tensor):
+        return [y]
+    if isinstance(y, dict):
+        return [t for v in y.values() for t in _leaf_tensors(v)]
+    if isinstance(y, (list, tuple)):
+        return [t for v in y for t in _leaf_tensors(v)]
+    return []
+
+
+def _with_grad(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.detach().requires_grad_(True) if x.is_floating_point() else x
+    if isinstance(x, (list, tuple)) and not hasattr(x, "_fields"):
+        return type(x)(_with_grad(v) for v in x)
+    if isinstance(x, dict):
+        return {k: _with_grad(v) for k, v in x.items()}
+    return x
+
+
+def module_calls(model: nn.Module, args: tuple[Any, ...]) -> list[_Call]:
+    """Every module call of one forward of ``model`` on ``args``, in the order the calls start, with its
+    real inputs and output (forward hooks); ``calls_children`` marks a call inside which another module
+    ran (a container, or a block that delegates)."""
+    calls: list[_Call] = []
+    stack: list[_Call] = []
+    names = {id(m): n for n, m in model.named_modules()}
+    seen: dict[str, int] = {}
+
+    def pre(m: nn.Module, a: tuple[Any, ...], kw: dict[str, Any]) -> None:
+        for c in stack:
+            c.calls_children = True
+        name = names.get(id(m), type(m).__name__) or type(m).__name__
+        k = seen.get(name, 0)
+        seen[name] = k + 1
+        call = _Call(name if k == 0 else f"{name}#{k + 1}", m, _detached(a), _detached(kw))
+        calls.append(call)
+        stack.append(call)
+
+    def post(m: nn.Module, a: tuple[Any, ...], kw: dict[str, Any], out: Any) -> None:
+        if stack:
+            stack.pop().output = _detached(out)
+
+    handles = []
+    for m in model.modules():
+        handles.append(m.register_forward_pre_hook(pre, with_kwargs=True))
+        handles.append(m.register_forward_hook(post, with_kwargs=True))
+    try:
+        with torch.no_grad():
+            model(*args)
+    finally:
+        for h in handles:
+            h.remove()
+    return calls
+
+
+def profile_modules(model: nn.Module, specs: Any, *, device: str | torch.device = "cpu", runs: int = DEFAULT_RUNS,
+                    warmup: int = 1, backward: bool = True, seed: int = 0,
+                    progress: Progress | None = None) -> ProfileReport:
+    """Profile any ``nn.Module`` by forward hooks: one row per module that computes itself (a leaf, or a
+    module such as nn.MultiheadAttention that calls none of its children), timed standalone on the
+    inputs it got in one forward on seeded example inputs (``specs``: InputSpec). Rows are in call order;
+    ``whole_gflops`` is the whole model's count, which also holds what parents compute in their own code."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from exporter.analysis.generic import example_args
+    from exporter.stages.capture import _mha_fastpath_off
+
+    if runs < 1:
+        raise ConfigError(f"runs must be at least 1, got {runs}")
+    dev = resolve_device(device)
+    model = deepcopy(model).to(dev).eval()
+    args = example_args(model, tuple(specs), seed)
+    with _mha_fastpath_off():  # a fused kernel the flop counter cannot see
+        calls = [c for c in module_calls(model, args) if not c.calls_children and c.module is not model] or \
+            [c for c in module_calls(model, args) if c.module is model]
+        with torch.no_grad(), FlopCounterMode(display=False) as whole:
+            model(*args)
+
+        def sync() -> None:
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+
+        def timed(fn: Callable[[], float]) -> float:
+            for _ in range(warmup):
+                fn()
+            return statistics.median(fn() for _ in range(runs)) * 1e3
+
+        rows: list[LayerProfile] = []
+        for k, c in enumerate(calls):
+            if progress:
+                progress(k, len(calls), f"{c.name} {type(c.module).__name__}")
+            m = c.module
+            with torch.no_grad(), FlopCounterMode(display=False) as fc:
+                m(*c.args, **c.kwargs)
+
+            def fwd(m: nn.Module = m, c: _Call = c) -> float:
+                with torch.no_grad():
+                    sync()
+                    t0 = time.perf_counter()
+                    m(*c.args, **c.kwargs)
+                    sync()
+                    return time.perf_counter() - t0
+
+            def bwd(m: nn.Module = m, c: _Call = c) -> float:
+                ys = [t for t in _leaf_tensors(m(*_with_grad(c.args), **_with_grad(c.kwargs))) if t.requires_grad]
+                if not ys:
+                    return 0.0
+                grads = [torch.ones_like(t) for t in ys]
+                sync()
+                t0 = time.perf_counter()
+                torch.autograd.backward(ys, grads)
+                sync()
+                m.zero_grad(set_to_none=True)
+                return time.perf_counter() - t0
+
+            forward_ms = timed(fwd)
+            float_in = any(t.is_floating_point() for t in _leaf_tensors([c.args, c.kwargs]))
+            needs_grad = float_in or any(p.requires_grad for p in m.parameters())
+            backward_ms = timed(bwd) if backward and needs_grad else None
+            rows.append(LayerProfile(
+                index=k, source=c.name, module=type(m).__name__,  # type: ignore[arg-type]
+                params=sum(p.numel() for p in m.parameters()), gflops=fc.get_total_flops() / 1e9,
+                forward_ms=forward_ms, backward_ms=backward_ms,
+                input_shape=shapes_of([t for t in c.args if isinstance(t, torch.Tensor)] or
+                                      [t for t in c.kwargs.values() if isinstance(t, torch.Tensor)]),
+                output_shape=shapes_of(_leaf_tensors(c.output)),
+            ))
+    if progress:
+        progress(len(calls), len(calls), "done")
+    first = tuple(specs)[0].shape if specs else ()
+    hw = [int(first[-2]), int(first[-1])] if len(first) >= 2 else []
+    return ProfileReport(rows, str(dev), hw, runs, warmup, inputs=[s.text() for s in specs],
+                         whole_gflops=whole.get_total_flops() / 1e9)

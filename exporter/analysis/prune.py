@@ -57,6 +57,7 @@ class PruneReport:
 
     convs: list[ConvPruneInfo]
     threshold: float
+    method: str = "YOLOv5 layers"  # how channel coupling was found: YOLO layers, torch.fx, torch.export, or not
 
     @property
     def zero_weights(self) -> int:
@@ -187,12 +188,16 @@ def _role(model: nn.Module, name: str) -> str:
     return type(model.get_submodule(name)).__name__
 
 
-def prune_report(model: nn.Module, threshold: float = DEFAULT_GAMMA_THRESHOLD) -> PruneReport:
-    """Every conv of a YOLOv5 model: channel-prunable or why not, BN gamma statistics, weight sparsity."""
+def prune_report(model: nn.Module, threshold: float = DEFAULT_GAMMA_THRESHOLD, input_specs: Any = ()) -> PruneReport:
+    """Every conv of a YOLOv5 model: channel-prunable or why not, BN gamma statistics, weight sparsity.
+    Any other model: from its traced graph (:func:`graph_prune_report`)."""
     from exporter.models.common import Conv, Detect
 
     if threshold < 0:
         raise ConfigError(f"threshold must be >= 0, got {threshold}")
+    seq = getattr(model, "model", None)
+    if not (isinstance(seq, nn.Sequential) and all(hasattr(m, "f") for m in seq)):
+        return graph_prune_report(model, threshold, input_specs)
     coupled = residual_coupled(model)
     detect_convs = {id(c) for m in model.modules() if isinstance(m, Detect) for c in m.m}
     in_conv_unit = {id(m.conv) for m in model.modules() if isinstance(m, Conv)}
@@ -240,3 +245,174 @@ def l1_unstructured(model: nn.Module, amount: float) -> nn.Module:
                 prune.l1_unstructured(m, "weight", amount=amount)
                 prune.remove(m, "weight")
     return pruned
+
+
+# ------------------------------------------------------------------------ any nn.Module, from its graph
+
+# Ops through which a conv's output channels pass unchanged (elementwise on one tensor, per-channel
+# normalisation, pooling, resizing): the channel question is asked again at their users.
+_PASS_MODULES = ("BatchNorm", "ReLU", "ReLU6", "SiLU", "GELU", "Hardswish", "Hardsigmoid", "Sigmoid", "Tanh",
+                 "LeakyReLU", "ELU", "Mish", "PReLU", "Identity", "Dropout", "DropPath", "MaxPool", "AvgPool",
+                 "AdaptiveAvgPool", "AdaptiveMaxPool", "Upsample", "SelectAdaptivePool2d", "GroupNorm")
+_PASS_FUNCS = {"relu", "relu_", "relu6", "silu", "silu_", "gelu", "hardswish", "hardswish_", "hardsigmoid",
+               "sigmoid", "tanh", "leaky_relu", "elu", "mish", "dropout", "contiguous", "clone", "clamp",
+               "clamp_", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d", "interpolate",
+               "max_pool2d_with_indices", "_native_batch_norm_legit_no_training", "batch_norm", "getitem",
+               "detach", "to", "float", "hardtanh", "hardtanh_", "alias", "dropout_", "native_dropout"}
+_TIE_FUNCS = {"add", "add_", "iadd", "sub", "sub_", "mul", "mul_", "imul", "div", "truediv"}
+_STOP_FUNCS = {"linear", "addmm", "mm", "matmul", "flatten", "view", "reshape", "mean", "sum", "amax"}
+TIED = "output feeds a residual add (or a multiply) with another branch: its channels are tied to it"
+
+
+def _fn_name(target: Any) -> str:
+    """'add' for operator.add, torch.add, the method 'add' and aten.add.Tensor alike."""
+    if isinstance(target, str):
+        return target
+    return str(getattr(target, "__name__", target)).split(".")[0]
+
+
+def _trace(model: nn.Module, input_specs: Any) -> tuple[Any, str, dict[str, str]]:
+    """(graph, method, conv node name -> module name): torch.fx first, torch.export second; raises
+    ConfigError naming both failures when neither can trace."""
+    from torch import fx
+
+    errors = []
+    try:
+        gm = fx.symbolic_trace(model)
+        return gm.graph, "torch.fx", {n.name: str(n.target) for n in gm.graph.nodes if n.op == "call_module"}
+    except Exception as exc:  # noqa: BLE001 - fx raises anything on untraceable code
+        from exporter.errors import first_line
+
+        errors.append(f"torch.fx: {first_line(exc)[:140]}")
+    from exporter.analysis.generic import example_args, example_specs
+    from exporter.stages.capture import _mha_fastpath_off
+
+    try:
+        with _mha_fastpath_off():
+            ep = torch.export.export(model.eval(), example_args(model, example_specs(tuple(input_specs or ()))),
+                                     strict=False)
+    except Exception as exc:  # noqa: BLE001
+        from exporter.errors import first_line
+
+        errors.append(f"torch.export: {first_line(exc)[:140]}")
+        raise ConfigError("prune-report cannot see how channels flow in this model: " + "; ".join(errors)) from None
+    names = {}
+    for n in ep.graph.nodes:
+        if n.op == "call_function" and "convolution" in str(n.target):
+            stack = n.meta.get("nn_module_stack") or {}
+            if stack:
+                names[n.name] = str(list(stack.values())[-1][0])
+    return ep.graph, "torch.export", names
+
+
+def _channel_fate(node: Any, modules: dict[str, nn.Module], convs: set[str], depth: int = 0) -> str | None:
+    """Why the channels reaching ``node``'s users cannot be pruned alone, or None when every path ends
+    in a consumer that just slices its input (a conv, a linear layer, a flatten or a reduction)."""
+    if depth > 200:
+        return "the graph is too deep to follow"
+    for user in node.users:
+        if user.op == "output":
+            return "a model output: its channels are the output's"
+        if user.op == "call_module":
+            m = modules.get(str(user.target))
+            kind = type(m).__name__ if m is not None else str(user.target)
+            if isinstance(m, nn.Conv2d):
+                if m.groups > 1 and m.groups == m.in_channels:  # depthwise: pruned together, channels pass on
+                    why = _channel_fate(user, modules, convs, depth + 1)
+                    if why:
+                        return why
+                continue
+            if isinstance(m, nn.Linear):
+                continue
+            if any(kind.startswith(p) for p in _PASS_MODULES):
+                why = _channel_fate(user, modules, convs, depth + 1)
+                if why:
+                    return why
+                continue
+            return f"feeds a {kind}, which this report does not follow"
+        name = _fn_name(user.target) if user.op in ("call_function", "call_method") else user.op
+        if user.op == "call_function" and "convolution" in name:
+            groups = user.args[-1] if user.args else 1
+            if isinstance(groups, int) and groups > 1:
+                why = _channel_fate(user, modules, convs, depth + 1)
+                if why:
+                    return why
+            continue
+        if name in ("cat", "concat", "concatenate"):
+            why = _channel_fate(user, modules, convs, depth + 1)  # channels re-indexed; their fate is the concat's
+            if why:
+                return why if why != TIED else "concatenated, and the concat feeds a residual add or multiply"
+            continue
+        if name in _TIE_FUNCS:
+            others = [a for a in user.args if hasattr(a, "op") and a is not node]
+            if others:
+                return TIED
+            why = _channel_fate(user, modules, convs, depth + 1)  # x * 2: elementwise with a constant
+            if why:
+                return why
+            continue
+        if name in _STOP_FUNCS:
+            continue
+        if name in _PASS_FUNCS:
+            why = _channel_fate(user, modules, convs, depth + 1)
+            if why:
+                return why
+            continue
+        return f"feeds {name}, which this report does not follow"
+    return None
+
+
+def graph_prune_report(model: nn.Module, threshold: float = DEFAULT_GAMMA_THRESHOLD, input_specs: Any = ()) -> PruneReport:
+    """Every Conv2d of any model: channel-prunable or why not, from its traced graph (torch.fx, or
+    torch.export where fx cannot trace): a conv whose output, through BatchNorm, activations and pooling,
+    reaches an add or multiply with another branch (a residual, squeeze-excitation) or a model output is
+    tied; one that only reaches convs, linear layers and concats is prunable. Gamma figures come from the
+    BatchNorm right after the conv."""
+    graph, method, conv_names = _trace(deepcopy(model).eval(), input_specs)
+    modules = dict(model.named_modules())
+    nodes_of: dict[str, Any] = {}
+    for n in graph.nodes:
+        if n.name in conv_names and isinstance(modules.get(conv_names[n.name]), nn.Conv2d):
+            nodes_of.setdefault(conv_names[n.name], n)
+    bn_after: dict[str, nn.Module] = {}
+    for cname, n in nodes_of.items():
+        for u in n.users:
+            target = modules.get(str(u.target)) if u.op == "call_module" else None
+            if isinstance(target, nn.modules.batchnorm._BatchNorm):
+                bn_after[cname] = target
+            elif u.op == "call_function" and "batch_norm" in str(u.target) and len(u.args) > 1:
+                w = u.args[1]
+                stack = u.meta.get("nn_module_stack") or {}
+                if stack and hasattr(w, "op"):
+                    bn = modules.get(str(list(stack.values())[-1][0]))
+                    if isinstance(bn, nn.modules.batchnorm._BatchNorm):
+                        bn_after[cname] = bn
+    rows: list[ConvPruneInfo] = []
+    for name, m in model.named_modules():
+        if not isinstance(m, nn.Conv2d):
+            continue
+        node = nodes_of.get(name)
+        if node is None:
+            prunable, reason = False, f"not in the {method} graph (not called, or called inside a fused kernel)"
+        elif m.groups > 1 and m.groups == m.in_channels:
+            prunable, reason = False, "depthwise: its channels are its input's (pruned with the conv before it)"
+        else:
+            why = _channel_fate(node, modules, set(nodes_of))
+            prunable, reason = (why is None), (why or "output only feeds convs, linear layers, concats or pooling")
+        bn = bn_after.get(name)
+        g_min = g_med = g_below = None
+        n_below = None
+        if bn is not None and getattr(bn, "weight", None) is not None:
+            g = bn.weight.detach().abs().float()
+            g_min, g_med = float(g.min()), float(g.median())
+            n_below = int((g < threshold).sum())
+            g_below = n_below / g.numel()
+        elif prunable:
+            reason += "; no BatchNorm after it: no gamma to rank channels"
+        rows.append(ConvPruneInfo(
+            name=name, layer=None, role=_role(model, name) if "." in name else type(m).__name__,
+            out_channels=m.out_channels, weights=m.weight.numel(), zero_weights=int((m.weight == 0).sum()),
+            prunable=prunable, reason=reason, gamma_min=g_min, gamma_median=g_med, gamma_below=g_below,
+            channels_below=n_below,
+        ))
+    return PruneReport(rows, threshold, method)

@@ -8,7 +8,7 @@ import sys
 import click
 
 from exporter.cli._help import Command
-from exporter.cli._options import IMG, load_from_cli, model_options
+from exporter.cli._options import IMG, input_shape_option, input_shapes_from_cli, load_from_cli, model_options
 
 
 def _list_models() -> None:
@@ -53,6 +53,7 @@ def _one_thread() -> None:
               help="Image size H or H,W for GFLOPs and output shapes.")
 @click.option("--exact", is_flag=True,
               help="Also count FLOPs exactly with one forward at full size (torch.utils.flop_counter; slower).")
+@input_shape_option
 @click.option("--verbose", "-v", is_flag=True, help="Print the per-layer table.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--list", "list_models", is_flag=True, help="List the built-in model names and exit.")
@@ -68,6 +69,11 @@ def info(model: str, cfg: str | None, nc: int | None, seed: int, trust_checkpoin
     if not exact:
         _one_thread()
     lm = load_from_cli(model, cfg, nc, seed, trust_checkpoint)
+    from exporter.analysis.generic import is_yolo
+
+    if not is_yolo(lm.model):  # any other nn.Module: exact FLOPs at the example inputs, no stride method
+        _info_module(lm, img, seed, as_json)
+        return
     s = summarize(lm.model, img, exact=exact)
     rows = s.pop("layer_rows")
     if as_json:
@@ -96,3 +102,15 @@ def info(model: str, cfg: str | None, nc: int | None, seed: int, trust_checkpoin
         click.echo(f"outputs: decoded {outs['decoded']}; raw {outs['raw']}")
     elif outs is not None:
         click.echo(f"outputs: {outs}")
+
+
+def _info_module(lm, img: tuple[int, int], seed: int, as_json: bool) -> None:
+    """``info`` for a model that is not YOLO (exporter.analysis.generic)."""
+    from exporter.analysis.generic import example_specs, format_summary, summarize_module
+
+    s = summarize_module(lm.model, example_specs(input_shapes_from_cli(), img), seed=seed)
+    if as_json:
+        click.echo(json.dumps({"model": lm.describe(), **s}, indent=2))
+        return
+    for line in format_summary(lm.name, lm.kind, lm.weights, s):
+        click.echo(line)

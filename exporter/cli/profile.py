@@ -10,7 +10,7 @@ import sys
 import click
 
 from exporter.cli._help import Command
-from exporter.cli._options import IMG, load_from_cli, model_options
+from exporter.cli._options import IMG, input_shape_option, input_shapes_from_cli, load_from_cli, model_options
 
 
 def _shape(s) -> str:
@@ -39,6 +39,7 @@ EXAMPLES = (
 @click.option("--runs", type=click.IntRange(min=1), default=3, show_default=True,
               help="Timed runs per layer (the median is reported), after one warm-up run.")
 @click.option("--no-backward", is_flag=True, help="Time the forward pass only.")
+@input_shape_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV, one row per layer plus a totals row.")
 def profile(model: str, cfg: str | None, nc: int | None, seed: int, trust_checkpoint: bool, img: tuple[int, int],
@@ -65,7 +66,7 @@ def profile(model: str, cfg: str | None, nc: int | None, seed: int, trust_checkp
             progress.step(what, k, total, kind="layer")
 
         report = profile_model(lm.model, img, device=device, runs=runs, backward=not no_backward, seed=seed,
-                               progress=on_layer)
+                               progress=on_layer, input_specs=input_shapes_from_cli())
         end["detail"] = f"{len(report.layers)} layers"
     t = report.totals
     if as_json:
@@ -86,7 +87,8 @@ def profile(model: str, cfg: str | None, nc: int | None, seed: int, trust_checkp
     from exporter.tables import render, stream_style
 
     h, w_ = report.img
-    click.echo(f"{lm.name} on {report.device}, 1x3x{h}x{w_}, median of {runs} run(s) per layer")
+    where = " + ".join(report.inputs) if report.inputs else f"1x3x{h}x{w_}"
+    click.echo(f"{lm.name} on {report.device}, {where}, median of {runs} run(s) per layer")
     rows = [(r.index, str(r.source), r.module, f"{r.params:,}", f"{r.gflops:.3f}", _ms(r.forward_ms),
              _ms(r.backward_ms), _shape(r.input_shape), _shape(r.output_shape)) for r in report.layers]
     rows.append(("total", "", "", f"{t['params']:,}", f"{t['gflops']:.3f}", _ms(t["forward_ms"]),

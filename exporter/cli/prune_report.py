@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from exporter.cli._help import Command
-from exporter.cli._options import load_from_cli, model_options
+from exporter.cli._options import input_shape_option, input_shapes_from_cli, load_from_cli, model_options
 
 DEFAULT_THRESHOLD = 0.01  # kept equal to exporter.analysis.prune.DEFAULT_GAMMA_THRESHOLD (no torch import here)
 
@@ -35,6 +35,7 @@ EXAMPLES = (
 @click.option("--save", "save_path", type=click.Path(dir_okay=False), default=None, metavar="OUT.pt",
               help="Write the pruned model as a checkpoint (needs --l1-unstructured).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@input_shape_option
 def prune_report(model: str, cfg: str | None, nc: int | None, seed: int, trust_checkpoint: bool, threshold: float,
                  amount: float | None, save_path: str | None, as_json: bool) -> None:
     """Report which Conv layers of MODEL (default yolov5s) can be channel-pruned and why not for the
@@ -54,7 +55,7 @@ def prune_report(model: str, cfg: str | None, nc: int | None, seed: int, trust_c
     from exporter.analysis.prune import prune_report as run_report
 
     lm = load_from_cli(model, cfg, nc, seed, trust_checkpoint)
-    report = run_report(lm.model, threshold)
+    report = run_report(lm.model, threshold, input_shapes_from_cli())
     pruned_info: dict[str, Any] | None = None
     if amount is not None:
         pruned = l1_unstructured(lm.model, amount)
@@ -81,7 +82,8 @@ def prune_report(model: str, cfg: str | None, nc: int | None, seed: int, trust_c
                       **stream_style(sys.stdout)), nl=False)
     s = report.summary()
     click.echo(f"{lm.name}: {s['prunable']} of {s['convs']} convs channel-prunable ({s['prunable_channels']:,} channels); "
-               f"{s['channels_below_threshold']:,} prunable channels with |gamma| < {threshold:g}")
+               f"{s['channels_below_threshold']:,} prunable channels with |gamma| < {threshold:g}"
+               + (f" (channel flow from {report.method})" if report.method != "YOLOv5 layers" else ""))
     click.echo(f"weight sparsity: {100 * s['sparsity']:.2f}% ({s['zero_weights']:,} of {s['weights']:,} Conv2d weights "
                "are exactly zero)")
     if pruned_info is not None:
