@@ -194,7 +194,10 @@ class ExportOptions:
         d["int_shapes"] = self.use_int_shapes
         d["exporter"] = self.capture_exporter
         d["img"] = list(self.img)
-        d["input_shapes"] = [i.text() for i in self.input_shapes]
+        if self.input_shapes:
+            d["input_shapes"] = [i.text() for i in self.input_shapes]
+        else:  # absent, not [], so the graph identity of image models stays what it was
+            del d["input_shapes"]
         d["providers"] = list(self.providers)
         d["require"] = list(self.require)
         return d
