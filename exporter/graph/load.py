@@ -18,6 +18,7 @@ on a weight-free copy (:mod:`exporter.graph.infer`).
 
 from __future__ import annotations
 
+import math
 import os
 import stat
 from collections.abc import Iterator
@@ -72,6 +73,8 @@ def load_onnx(path: str | Path, *, load_weights: bool = False):  # -> onnx.Model
     del data
     if not model.HasField("graph") or (len(model.graph.node) == 0 and not model.opset_import):
         raise InputError(f"{p}: not an ONNX model (no graph found; is it another format?)")
+    if _all_plain(model):  # the common case, checked in one quick pass: nothing external, nothing to read
+        return model
     base = model_dir(p)
     for where, tensor in iter_tensors(model):
         ref = check_tensor(tensor, base, where=f"{p}: {where}", need_data=load_weights)
@@ -150,6 +153,42 @@ def _node_tensors(nodes: Any, prefix: str) -> Iterator[tuple[str, Any]]:
                 yield from _graph_tensors(a.g, f"{where} > ")
             for sg in a.graphs:
                 yield from _graph_tensors(sg, f"{where} > ")
+
+
+# bytes per element of the types whose inline ``raw_data`` :func:`_all_plain` checks itself
+_PLAIN_BYTES = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2}
+
+
+def _plain_tensor(t: Any) -> bool:
+    """An inline tensor whose ``raw_data`` holds exactly what its dtype and non-negative dims declare."""
+    size = _PLAIN_BYTES.get(t.data_type)
+    if size is None or t.data_location == _EXTERNAL or not t.HasField("raw_data"):
+        return False
+    dims = t.dims
+    if dims and min(dims) < 0:
+        return False
+    return len(t.raw_data) == size * math.prod(dims)
+
+
+def _all_plain(model: Any) -> bool:
+    """True when every tensor of ``model`` passes :func:`check_tensor` trivially: no functions, no sparse
+    tensors, no subgraphs, and each initializer and tensor attribute is inline raw data of its declared
+    size. Anything else (or any doubt) goes through the full per-tensor checks, which name the culprit."""
+    g = model.graph
+    if len(model.functions) or len(g.sparse_initializer):
+        return False
+    for t in g.initializer:
+        if not _plain_tensor(t):
+            return False
+    for n in g.node:
+        for a in n.attribute:
+            if a.HasField("t"):
+                if not _plain_tensor(a.t):
+                    return False
+            if len(a.tensors) or a.HasField("sparse_tensor") or len(a.sparse_tensors) or a.HasField("g") \
+                    or len(a.graphs):
+                return False
+    return True
 
 
 def declared_bytes(tensor: Any) -> int:
