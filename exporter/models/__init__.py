@@ -43,6 +43,7 @@ def build_model(cfg: str | Path | dict, *, nc: int | None = None, anchors: list 
     """
     import torch
 
+    from exporter.models.v8 import DetectionModel, is_ultralytics_config
     from exporter.models.yolo import Model
 
     where = "config"
@@ -54,6 +55,8 @@ def build_model(cfg: str | Path | dict, *, nc: int | None = None, anchors: list 
         with torch.random.fork_rng(devices=[], enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
+            if is_ultralytics_config(cfg):  # YOLOv8 / YOLO11: scales, an anchor-free Detect
+                return DetectionModel(cfg, nc=nc)
             return Model(cfg, nc=nc, anchors=anchors)
     except ModelError as exc:
         raise ModelError(f"{where}: {exc}") from None

@@ -48,6 +48,21 @@ OFFICIAL_CLASSES: dict[str, frozenset[str]] = {
     "models.yolo": frozenset({"Model", "DetectionModel", "Detect"}),
     "models.common": frozenset({"Conv", "C3", "Bottleneck", "BottleneckCSP", "Concat", "SPPF", "SPP", "Focus"}),
 }
+# Classes of Ultralytics YOLOv8 / YOLO11 detection checkpoints (rebuilt by exporter.models.v8). Releases
+# before 8.0.40 or so pickled the modules as ``ultralytics.nn.modules.X``, later ones by file.
+_V8_BLOCKS = frozenset({"C2f", "C3k2", "C3k", "C3", "SPPF", "Bottleneck", "C2PSA", "PSABlock", "Attention", "DFL"})
+_V8_CONV = frozenset({"Conv", "DWConv", "Concat"})
+ULTRALYTICS_CLASSES: dict[str, frozenset[str]] = {
+    "ultralytics.nn.tasks": frozenset({"DetectionModel"}),
+    "ultralytics.nn.modules.conv": _V8_CONV,
+    "ultralytics.nn.modules.block": _V8_BLOCKS,
+    "ultralytics.nn.modules.head": frozenset({"Detect"}),
+    "ultralytics.nn.modules": _V8_CONV | _V8_BLOCKS | {"Detect"},
+    # training arguments kept on the model (model.args) and in the checkpoint: plain values
+    "ultralytics.utils": frozenset({"IterableSimpleNamespace"}),
+    "ultralytics.yolo.utils": frozenset({"IterableSimpleNamespace"}),
+}
+OFFICIAL_CLASSES.update(ULTRALYTICS_CLASSES)
 TRUST_HINT = "use --trust-checkpoint only for files you trust"
 _MAX_NODES = 100_000  # modules in one pickled tree; guards against crafted DAGs
 _MAX_DEPTH = 64
@@ -170,6 +185,9 @@ def resolve_global(module: str, name: str) -> Any:
             return numpy.dtype
         core = getattr(numpy, "_core", None) or numpy.core
         return getattr(core.multiarray, name)
+    if module.split(".")[0] == "ultralytics":
+        raise RefusedGlobal(qualname, "an Ultralytics class yexport cannot rebuild (only YOLOv8/YOLO11 detection "
+                                      "models are supported)")
     if module.split(".")[0] == "models":
         raise RefusedGlobal(qualname, "a YOLOv5 class the model zoo cannot rebuild; a trusted load with the "
                                       "YOLOv5 source on PYTHONPATH gives it as a generic module")
@@ -587,6 +605,8 @@ def _from_model_object(obj: Any, ckpt: dict[str, Any], path: Path, nc: int | Non
                        trusted: bool) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild our Model from a pickled YOLOv5 model (inert stand-in or, when trusted, the real object)."""
     p = _Pickled(obj)
+    if p.cls.startswith("ultralytics."):
+        return _from_ultralytics(p, ckpt, path, nc, trusted)
     cfg = p.attrs.get("yaml")
     if not isinstance(cfg, dict):
         if trusted and isinstance(obj, nn.Module):
@@ -633,6 +653,70 @@ def _from_model_object(obj: Any, ckpt: dict[str, Any], path: Path, nc: int | Non
         info["epoch"] = ckpt["epoch"]
     if isinstance(ckpt.get("date"), str):
         info["date"] = ckpt["date"]
+    if trusted:
+        info["trusted"] = True
+    info.update(notes)
+    info["names"] = list(model.names)
+    return model, info
+
+
+def _from_ultralytics(p: _Pickled, ckpt: dict[str, Any], path: Path, nc: int | None,
+                      trusted: bool) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a YOLOv8/YOLO11 detector (:mod:`exporter.models.v8`) from a pickled Ultralytics model."""
+    from exporter.errors import ModelError
+    from exporter.models.common import Conv
+    from exporter.models.v8 import DetectionModel
+
+    cfg = p.attrs.get("yaml")
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path}: the pickled {p.cls} has no model config (.yaml)")
+    if p.cls.rsplit(".", 1)[-1] != "DetectionModel":
+        raise CheckpointError(f"{path}: {p.cls} is not a detection model")
+    if nc is not None and nc != cfg.get("nc"):
+        raise CheckpointError(f"{path}: --nc {nc} differs from the checkpoint's {cfg.get('nc')}: a new head is not "
+                              "supported for YOLOv8/YOLO11 checkpoints")
+    try:
+        model = DetectionModel(cfg)
+    except ModelError as exc:
+        raise CheckpointError(f"{path}: the model config stored in the checkpoint cannot be built: {exc}") from None
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: the model config stored in the checkpoint cannot be built: "
+                              f"{type(exc).__name__}: {_one_line(str(exc), 160)}") from None
+    # each Conv keeps the activation the checkpoint has (releases differ, e.g. SPPF.cv1)
+    for name, m in model.named_modules():
+        act = p.modules.get(f"{name}.act")
+        if isinstance(m, Conv) and act in ("Identity", "SiLU") and type(m.act).__name__ != act:
+            m.act = nn.Identity() if act == "Identity" else nn.SiLU()
+    ours = {n: type(m).__name__ for n, m in model.named_modules(remove_duplicate=False) if n}
+    wrong = [f"{n} is {c} in the checkpoint but {ours[n]} in the rebuilt model" for n, c in p.modules.items()
+             if n in ours and c != ours[n]]
+    if wrong:
+        raise CheckpointError(f"{path}: the checkpoint's layers differ from its config: {_describe_keys(wrong, 2)}")
+    sd = dict(p.state_dict)
+    notes = _load_weights(model, sd, path)
+    for n, m in model.named_modules():
+        if isinstance(m, nn.BatchNorm2d) and n in p.bn:
+            eps, momentum = p.bn[n]["eps"], p.bn[n]["momentum"]
+            if isinstance(eps, float):
+                m.eps = eps
+            if isinstance(momentum, float):
+                m.momentum = momentum
+    _check_stride(model, p.attrs.get("stride"), path)
+    names = _names_list(p.attrs.get("names"), model.nc)
+    if names:
+        model.names = names
+    info: dict[str, Any] = {
+        "kind": "checkpoint",
+        "format": "ultralytics",
+        "class": p.cls,
+        "generation": model.generation,
+        "scale": model.yaml.get("scale") or "",
+        "fp16": any(t.dtype == torch.float16 for t in sd.values()),
+        "ema": ckpt.get("ema") is not None and ckpt.get("model") is None if ckpt else False,
+    }
+    for key in ("epoch", "date", "version"):
+        if isinstance(ckpt.get(key), (int, str)) and not isinstance(ckpt.get(key), bool):
+            info[key] = ckpt[key]
     if trusted:
         info["trusted"] = True
     info.update(notes)

@@ -122,6 +122,26 @@ def yolov5_props(model) -> dict[str, str]:
     return props
 
 
+def ultralytics_props(model, o) -> dict[str, str]:  # noqa: ANN001 - (nn.Module, ExportOptions)
+    """For a YOLOv8/YOLO11 detector, the keys Ultralytics' ``AutoBackend`` reads besides ``stride`` and
+    ``names``: ``task``, ``batch`` and ``channels`` (ints), ``imgsz``, ``args`` and ``end2end`` (Python
+    literals). Nothing dated or versioned, so the file's identity stays the graph's."""
+    from exporter.models.v8 import DetectionModel
+
+    if not isinstance(model, DetectionModel):
+        return {}
+    return {
+        "description": f"Ultralytics {model.generation} detection model exported by yexport",
+        "task": "detect",
+        "batch": str(o.batch),
+        "imgsz": repr([int(o.img[0]), int(o.img[1])]),
+        "channels": "3",
+        "end2end": "False",
+        "args": repr({"batch": o.batch, "half": bool(o.half), "dynamic": bool(o.dynamic), "nms": False,
+                      "opset": o.opset}),
+    }
+
+
 def metadata(ctx: Context) -> Context:
     from exporter.stages import enabled_stages
 
@@ -164,6 +184,7 @@ def metadata(ctx: Context) -> Context:
     if types:
         props["yexport.layers"] = json.dumps(types)
     props.update(yolov5_props(model))
+    props.update(ultralytics_props(model, o))
     m = ctx.onnx
     m.producer_name, m.producer_version = "yexport", __version__
     existing = {p.key: p for p in m.metadata_props}
