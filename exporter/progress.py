@@ -94,9 +94,14 @@ class ConsoleReporter:
     ``export.py`` log. ``variants`` names the files the pipelines make, in order."""
 
     def __init__(self, file: IO[str] | None = None, variants: list[str] | None = None) -> None:
+        import os
+
         from rich.console import Console
 
-        self.console = Console(file=file, stderr=file is None, highlight=False)
+        # NO_COLOR: plain log lines only (no styles, no spinner redrawing the line)
+        self.plain = "NO_COLOR" in os.environ
+        self.console = Console(file=file, stderr=file is None, highlight=False,
+                               **({"color_system": None} if self.plain else {}))
         self.variants = list(variants or [])
         self._stack: list[Event] = []
         self._step = ""
@@ -119,6 +124,8 @@ class ConsoleReporter:
         return text
 
     def _refresh(self) -> None:
+        if self.plain:
+            return
         if not self._stack:
             if self._live is not None:
                 self._live.stop()
