@@ -239,7 +239,7 @@ def prepare(ctx: Context) -> Context:
             fuse()
         fused = n - n_bn()
         fold = fold_leftover_batchnorms(model)
-        changes.append(f"fused {fused + fold.folded} Conv+BN pairs")
+        changes.append(f"fused {fused + fold.folded} Conv+BN pairs" if n else "no BatchNorm2d to fuse")
         if fold.sliced:
             changes.append(f"folded {fold.sliced} BatchNorm2d after a Concat of convs into those convs (by slices)")
         if fold.kept:
@@ -261,10 +261,11 @@ def prepare(ctx: Context) -> Context:
                       bn_may_fold=fold.unseen,
                       change="; ".join(changes) or "copied")
     if fold.kept:
-        ctx = ctx.note(f"BatchNorm fusion: {len(fold.kept)} BatchNorm2d could not be folded into a conv (prepare's "
-                       "record says why each); they stay as BatchNormalization(training_mode=0) in the graph"
-                       + (f" (the exporter may still fold {fold.unseen} whose input prepare could not see)"
-                          if fold.unseen else ""))
+        ctx = ctx.note(f"BatchNorm fusion: prepare could not fold {len(fold.kept)} BatchNorm2d into a conv (its "
+                       "record says why each); "
+                       + (f"the exporter may still fold {fold.unseen} whose input prepare could not see, the "
+                          "others stay as BatchNormalization(training_mode=0) (the checker's record says how many "
+                          "remain)" if fold.unseen else "they stay as BatchNormalization(training_mode=0) in the graph"))
     if o.use_int_shapes and o.dynamic == "batch" and isinstance(det, Detect):  # int shapes are Detect's
         ctx = ctx.note(f"int shapes: feature-map sizes for {h}x{w} are constants in the graph; the batch stays "
                        "dynamic (--no-int-shapes keeps the traced shape arithmetic)")
