@@ -12,12 +12,9 @@ hold the graph; the weights are read back once, in chunks, when the file is writ
 from __future__ import annotations
 
 import atexit
-import contextlib
-import logging
 import os
 import shutil
 import tempfile
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -107,77 +104,29 @@ def capture_any(ctx: Context) -> Context:
     return capture_external(ctx, size)
 
 
-def _torchscript_to(ctx: Context, path: Path) -> tuple[str, tuple[str, ...]]:
-    """The TorchScript export of :mod:`exporter.stages.capture`, written to ``path``: the exporter then
-    stores the weights as external data beside it (it refuses a file-like object over 2 GiB)."""
-    import torch
-
-    from exporter.stages.capture import INPUT_NAME, _native_stdout_captured, output_names, tracer_warnings
-
-    o = ctx.options
-    outs = output_names(ctx)
-    if o.training:
-        mode, how = torch.onnx.TrainingMode.TRAINING, "TrainingMode.TRAINING"
-    elif o.bn_kept:
-        mode, how = torch.onnx.TrainingMode.PRESERVE, "TrainingMode.PRESERVE (keeps BatchNorm)"
-    else:
-        mode, how = torch.onnx.TrainingMode.EVAL, "TrainingMode.EVAL"
-    dynamic_axes = None
-    if o.dynamic:
-        axes = {0: "batch"} if o.dynamic == "batch" else {0: "batch", 2: "height", 3: "width"}
-        dynamic_axes = {INPUT_NAME: axes, **{n: {0: "batch"} for n in outs}}
-        if o.dynamic == "all":
-            dynamic_axes.update({n: {0: "batch", 1: "anchors"} for n in outs} if o.head == "decode" else
-                                {n: {0: "batch", 2: "ny", 3: "nx"} for n in outs})
-    with warnings.catch_warnings(record=True) as caught, _native_stdout_captured():
-        warnings.simplefilter("always")
-        torch.onnx.export(ctx.model, (ctx.example,), str(path), dynamo=False,  # type: ignore[arg-type]
-                          opset_version=o.opset, training=mode, do_constant_folding=True,
-                          input_names=[INPUT_NAME], output_names=outs, dynamic_axes=dynamic_axes)
-    return f"torchscript, {how}, opset {o.opset}", tracer_warnings(caught)
-
-
-def _dynamo_to(ctx: Context, path: Path) -> tuple[str, tuple[str, ...]]:
-    import io
-
-    import torch
-
-    from exporter.stages.capture import INPUT_NAME, output_names
-
-    o = ctx.options
-    dynamic_shapes = None
-    if o.dynamic:
-        dim = torch.export.Dim.DYNAMIC
-        dynamic_shapes = {"x": {0: dim} if o.dynamic == "batch" else {0: dim, 2: dim, 3: dim}}
-    quiet = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
-    levels = [q.level for q in quiet]
-    for q in quiet:
-        q.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(ctx.model, (ctx.example,), dynamo=True, opset_version=o.opset,
-                                        optimize=False, input_names=[INPUT_NAME], output_names=output_names(ctx),
-                                        dynamic_shapes=dynamic_shapes, verbose=False)
-            assert program is not None
-            program.save(str(path), external_data=True)  # never model_proto: that is one protobuf
-    finally:
-        for q, level in zip(quiet, levels, strict=True):
-            q.setLevel(level)
-    return f"dynamo (torch.export), opset {o.opset}", ()
-
-
 def capture_external(ctx: Context, size: int) -> Context:
-    """Capture to a working folder; the context then holds the weight-free graph and ``external_dir``."""
+    """Capture to a working folder with the capture stage's exporters, strategies and log
+    (:func:`exporter.stages.capture.run_strategies`); the context then holds the weight-free graph and
+    ``external_dir``. TorchScript writes the weights beside the path it is given (it refuses a file
+    object over 2 GiB); dynamo's program is saved with external data, never turned into one protobuf."""
     import onnx
+
+    from exporter.stages import capture as cap
 
     folder = work_dir()
     path = folder / "model.onnx"
+
+    def attempt(exporter: str) -> tuple[str, tuple[str, ...]]:
+        for leftover in folder.iterdir():  # a failed attempt's files
+            leftover.unlink()
+        if exporter == "torchscript":
+            return cap.torchscript_export(ctx, str(path))
+        program, how = cap.dynamo_program(ctx)
+        program.save(str(path), external_data=True)
+        return how, ()
+
     try:
-        if ctx.options.capture_exporter == "torchscript":
-            how, traced = _torchscript_to(ctx, path)
-        else:
-            how, traced = _dynamo_to(ctx, path)
+        (how, traced), exporter, attempts, log = cap.run_strategies(ctx, attempt)
         model = onnx.load(str(path), load_external_data=False)
     except BaseException:
         discard(folder)
@@ -191,9 +140,13 @@ def capture_external(ctx: Context, size: int) -> Context:
     if inline_bytes(model) >= INLINE_LIMIT:  # under 2 GiB the exporter kept them inline: move them out too
         with open(folder / "inline.data", "wb") as f:
             write_external(model, folder, f, "inline.data", inline_only=True)
-    ctx = ctx.replace(onnx=model, external_dir=folder, tracer_warnings=traced,
-                      change=f"{how}; weights as external data ({size / 2**30:.2f} GiB, threshold "
-                             f"{external_threshold() / 2**30:.2f} GiB)")
+    change = (f"{how}; weights as external data ({size / 2**30:.2f} GiB, threshold "
+              f"{external_threshold() / 2**30:.2f} GiB)" + cap.attempts_note(attempts, log))
+    ctx = ctx.replace(onnx=model, external_dir=folder, tracer_warnings=traced, change=change,
+                      capture_attempts=tuple(a.as_dict() for a in attempts))
+    if len(attempts) > 1:
+        ctx = ctx.note(f"capture: {attempts[0].exporter} failed ({attempts[0].error}); the file was made by "
+                       f"{exporter}" + (f"; the first exporter's log: {log}" if log else ""))
     if traced:
         ctx = ctx.note(f"{len(traced)} TracerWarning(s) in capture: the trace may have baked in values of the "
                        "example input (the parity check runs on other inputs to find out)")
