@@ -6,6 +6,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # The torch wheel that these machines keep locally; pyproject admits it, so pip takes it first.
 TORCH_PIN ?= torch==2.13.0
+# timm (a test dependency) needs torchvision; the one built for TORCH_PIN, without its dependencies, so
+# that pip never replaces the CPU torch with another (multi-GB) build to satisfy a newer torchvision
+TORCHVISION_PIN ?= torchvision==0.28.0
 PYTEST_ARGS ?=
 
 .PHONY: gpu-check help install install-system install-browser demo test test-fast lint bench bench-quick graphs graphs-check graphs-update clean
@@ -19,6 +22,7 @@ $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_PIN)"
+	$(BIN)/pip install -q --no-deps "$(TORCHVISION_PIN)"
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $(STAMP)
 
