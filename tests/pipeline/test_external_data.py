@@ -251,12 +251,17 @@ def test_model_over_2_gib(tmp_path: Path) -> None:
     model = Big().eval()
     size = sum(p.numel() * p.element_size() for p in model.parameters())
     assert size > 2 << 30
-    [r] = exporter.export(model, out_dir=tmp_path, name="big", img=(32, 32), inputs=1)
+    # export and check one after the other: the check's float64 copy of the model need not meet the
+    # pipeline's prepared copy (peak about 7 GB for the export, 10.5 GB for the check; bench/big_model.py)
+    [r] = exporter.export(model, out_dir=tmp_path, name="big", img=(32, 32), check=False)
     assert r.ok, r.failures
-    del model
+    gc.collect()
+    report = exporter.check_parity(tmp_path / "big.onnx", model, inputs=1)
+    assert report, report.format()
+    del model, report
     gc.collect()
     data = tmp_path / "big.onnx.data"
-    assert data.stat().st_size >= size and (tmp_path / "big.onnx").stat().st_size < 1 << 20
+    assert data.stat().st_size >= size - 4096 and (tmp_path / "big.onnx").stat().st_size < 1 << 20  # biases inline
     read_manifest(tmp_path / "big.onnx")
     for args in (("inspect", tmp_path / "big.onnx"), ("snapshot", tmp_path / "big.onnx", "-o", tmp_path / "s.txt"),
                  ("diff", tmp_path / "big.onnx", tmp_path / "big.onnx")):
