@@ -46,11 +46,15 @@ def _known(shape: list | None) -> TypeGuard[list[int]]:
     return shape is not None and all(isinstance(d, int) and d >= 0 for d in shape)
 
 
-def _node_flops(node: Any, shape: Callable[[str], list | None]) -> int | None:
-    """FLOPs (2 per multiply-add) of one node, or None when its shapes are not known."""
+def _node_flops(node: Any, shape: Callable[[str], list | None], inputs: list[str] | None = None,
+                outputs: list[str] | None = None) -> int | None:
+    """FLOPs (2 per multiply-add) of one node, or None when its shapes are not known (``inputs`` and
+    ``outputs``: the node's, when the caller has read them already)."""
     op = node.op_type
-    ins = [shape(x) if x else None for x in node.input[:2]]
-    out = shape(node.output[0]) if node.output and node.output[0] else None
+    node_in = node.input if inputs is None else inputs
+    node_out = node.output if outputs is None else outputs
+    ins = [shape(x) if x else None for x in node_in[:2]]
+    out = shape(node_out[0]) if node_out and node_out[0] else None
     if op == "Conv":
         w = ins[1] if len(ins) > 1 else None
         if not (_known(w) and _known(out) and len(w) >= 2):
@@ -89,7 +93,13 @@ def _inspect(model: Any, path: str | None) -> dict[str, Any]:
     infer_error = types.error
 
     init_names = {t.name for t in g.initializer}
-    weights = _weight_names(g)
+    # one pass over the nodes: protobuf field access is what costs on big graphs
+    node_list = list(g.node)
+    n_ops = [n.op_type for n in node_list]
+    n_dom = [n.domain for n in node_list]
+    n_in = [list(n.input) for n in node_list]
+    n_out = [list(n.output) for n in node_list]
+    weights = _weight_names(g, (n_ops, n_in, n_out), init_names)
     params = param_bytes = other = other_bytes = other_count = 0
     ext_count = ext_bytes = 0
     ext_files: set[str] = set()
@@ -117,8 +127,8 @@ def _inspect(model: Any, path: str | None) -> dict[str, Any]:
     flops_by_op: dict[str, int] = {}
     unknown: list[dict[str, str]] = []
     unknown_count = 0
-    for n in g.node:
-        op, domain = n.op_type, n.domain
+    for k, n in enumerate(node_list):
+        op, domain = n_ops[k], n_dom[k]
         ops[op if domain in ("", "ai.onnx") else f"{domain}.{op}"] += 1
         if op in ("If", "Loop", "Scan") or domain not in ("", "ai.onnx"):
             for a in n.attribute:
@@ -126,7 +136,7 @@ def _inspect(model: Any, path: str | None) -> dict[str, Any]:
                     sub_nodes += _count_nodes(sg)
         if op not in FLOP_OPS or domain not in ("", "ai.onnx"):
             continue
-        f = _node_flops(n, types.shape)
+        f = _node_flops(n, types.shape, n_in[k], n_out[k])
         if f is None:
             unknown_count += 1
             if len(unknown) < _UNKNOWN_LISTED:
@@ -181,20 +191,33 @@ _WEIGHT_INPUTS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (0, 1, 2), "M
                   "Embedding": (0,), "Gather": ()}
 
 
-def _weight_names(g: Any) -> set[str]:
+def _weight_names(g: Any, nodes: tuple[list[str], list[list[str]], list[list[str]]] | None = None,
+                  init_names: set[str] | None = None) -> set[str]:
     """Initializers feeding a layer's weight or bias input (Conv W/B, Gemm/MatMul operands, BatchNorm
-    scale/bias), also through a Cast or DequantizeLinear (a float16 file with float32 I/O)."""
-    producers = {o: n for n in g.node for o in n.output}
+    scale/bias), also through a Cast or DequantizeLinear (a float16 file with float32 I/O).
+
+    ``nodes`` (op types, inputs, outputs per node) and ``init_names`` save reading the graph again."""
+    if nodes is None:
+        nodes = ([n.op_type for n in g.node], [list(n.input) for n in g.node], [list(n.output) for n in g.node])
+    n_ops, n_in, n_out = nodes
+    producers: dict[str, int] | None = None  # built only when a weight input is not an initializer
     names: set[str] = set()
-    for n in g.node:
-        for i in _WEIGHT_INPUTS.get(n.op_type, ()):
-            if i >= len(n.input) or not n.input[i]:
+    for k, op in enumerate(n_ops):
+        picks = _WEIGHT_INPUTS.get(op)
+        if not picks:
+            continue
+        ins = n_in[k]
+        for i in picks:
+            if i >= len(ins) or not ins[i]:
                 continue
-            src = n.input[i]
-            p = producers.get(src)
-            while p is not None and p.op_type in ("Cast", "DequantizeLinear", "Identity") and p.input:
-                src = p.input[0]
+            src = ins[i]
+            if init_names is None or src not in init_names:
+                if producers is None:
+                    producers = {o: j for j, outs in enumerate(n_out) for o in outs}
                 p = producers.get(src)
+                while p is not None and n_ops[p] in ("Cast", "DequantizeLinear", "Identity") and n_in[p]:
+                    src = n_in[p][0]
+                    p = producers.get(src)
             names.add(src)
     for t in g.sparse_initializer:
         names.add(t.values.name)
