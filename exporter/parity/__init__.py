@@ -99,6 +99,7 @@ def compare_with(onnx_model: Any, ref: Reference, *, providers: tuple[str, ...] 
         if sess is None or not result.ran:
             continue
         runs[requested] = []
+        floors = _pooled_floors(ref, requested)
         for k, case in enumerate(ref.cases, 1):
             progress.step(f"parity {requested}: input", k, len(ref.cases), kind="parity")
             outs = run(sess, proto, case.feeds, requested)
@@ -107,7 +108,7 @@ def compare_with(onnx_model: Any, ref: Reference, *, providers: tuple[str, ...] 
                                  "is it the model this file was exported from?")
             runs[requested].append(outs)
             result.cases.append(_case(case, outs, out_names, ref, explicit, has_truth, a, r, output_atol, detections,
-                                      requested))
+                                      requested, floors))
         if repeat > 1 and ref.cases:
             first = runs[requested][0]
             spread = 0.0
@@ -158,8 +159,30 @@ def _max_abs(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.abs(x.astype(np.float64) - y.astype(np.float64)).max()) if x.size else 0.0
 
 
+def _groups(ref: Reference, case: Any, i: int, shape: tuple[int, ...]) -> list[Any]:
+    """The column groups of output ``i`` for this case (decoded YOLO boxes), or the output as a whole."""
+    groups = None
+    if ref.layout is not None and case.x.ndim == 4:
+        groups = yolo_groups(ref.layout, shape, case.x.shape[2], case.x.shape[3])
+    return groups or whole()
+
+
+def _pooled_floors(ref: Reference, provider: str) -> Any:
+    """``floors(i)``: PyTorch's error per group of output ``i`` pooled over every input, computed once."""
+    from functools import cache
+
+    from exporter.parity.compare import floor_stats
+
+    @cache
+    def floors(i: int) -> dict[str, tuple[float, float]]:
+        return floor_stats([(c.noise_for(provider)[i], c.f64[i], _groups(ref, c, i, c.f64[i].shape))
+                            for c in ref.cases if c.f64 is not None])
+    return floors
+
+
 def _case(case: Any, outs: list[np.ndarray], names: list[str], ref: Reference, explicit: bool, has_truth: bool,
-          atol: float, rtol: float, output_atol: dict[str, float], detections: bool, provider: str) -> CaseParity:
+          atol: float, rtol: float, output_atol: dict[str, float], detections: bool, provider: str,
+          floors: Any = None) -> CaseParity:
     captured = case.exported if case.exported is not None else case.fp32
     results: list[OutputParity] = []
     for i, (name, out) in enumerate(zip(names, outs, strict=True)):
@@ -167,10 +190,8 @@ def _case(case: Any, outs: list[np.ndarray], names: list[str], ref: Reference, e
         if explicit or not has_truth or name in output_atol:
             results.append(compare_tolerance(name, out, floor, output_atol.get(name, atol), rtol, captured[i]))
             continue
-        groups = None
-        if ref.layout is not None and case.x.ndim == 4:
-            groups = yolo_groups(ref.layout, out.shape, case.x.shape[2], case.x.shape[3])
-        results.append(compare_floor(name, out, floor, case.f64[i], groups or whole(), captured[i]))
+        results.append(compare_floor(name, out, floor, case.f64[i], _groups(ref, case, i, out.shape),
+                                     captured[i], floors(i)))
     fusion = None
     if case.exported is not None:
         fusion = max((_max_abs(x, y) for x, y in zip(case.exported, case.fp32, strict=True)), default=0.0)
