@@ -52,7 +52,7 @@ lint: $(STAMP) ## ruff and mypy
 	$(BIN)/ruff check exporter tests bench
 	$(BIN)/mypy exporter
 
-bench: $(STAMP) ## benchmarks: stage costs, graph quality, start-up, scale (writes bench/results.json)
+bench: $(STAMP) ## benchmarks: stage costs, graph quality, start-up, scale; against the official exporter with OFFICIAL_REPO=... OFFICIAL_PYTHON=... (writes bench/results.md, .json)
 	$(BIN)/python bench/run.py
 
 bench-quick: $(STAMP) ## the benchmarks in quick mode (yolov5s only; about 10 minutes on 2 busy cores)

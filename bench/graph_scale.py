@@ -212,6 +212,56 @@ def _best_walls(cmds: dict[str, list[str]], repeat: int, env: dict[str, str]) ->
     return best
 
 
+TARGETS_VS_LOAD = {"inspect": 1.5, "snapshot": 2.0, "diff": 2.5, "diff F F": 1.2}
+TARGET_PEAK_VS_LOAD = 2.0
+
+
+def _child(cmd: list[str], env: dict[str, str]) -> tuple[float, float, float]:
+    """Wall s, CPU s (user + system) and peak RSS MiB of one whole command (its own rusage); exit 1 is
+    a result (diff: the graphs differ), anything else a failure."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    _, status, ru = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode not in (0, 1):
+        raise RuntimeError(f"{' '.join(cmd[-3:])} exited {proc.returncode}")
+    return time.perf_counter() - t0, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024
+
+
+def against_load(a: Path, b: Path, repeat: int, folder: Path) -> dict[str, Any]:
+    """Whole commands on a big graph against the floor ``python -c "import onnx; onnx.load(F)"``: the
+    commands take turns; per-round CPU ratios (the fairer number on a busy machine), medians; peak
+    RSS against the floor's."""
+    import statistics
+
+    yexport = [sys.executable, "-m", "exporter.cli.main"]
+    cmds = {
+        "floor": [sys.executable, "-c", f"import onnx; onnx.load({str(a)!r})"],
+        "inspect": [*yexport, "inspect", str(a)],
+        "snapshot": [*yexport, "snapshot", str(a)],
+        "diff": [*yexport, "diff", str(a), str(b)],
+        "diff F F": [*yexport, "diff", str(a), str(a)],
+    }
+    env = _env(folder / "pycache")
+    for name, cmd in cmds.items():  # warm the bytecode and page caches
+        if name != "diff":
+            subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, check=False)
+    runs: dict[str, list[tuple[float, float, float]]] = {k: [] for k in cmds}
+    names = list(cmds)
+    for r in range(repeat):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            runs[name].append(_child(cmds[name], env))
+    out: dict[str, Any] = {"repeat": repeat, "commands": {}, "ratios": {}}
+    for name, v in runs.items():
+        out["commands"][name] = {"wall": statistics.median(x[0] for x in v), "cpu": statistics.median(x[1] for x in v),
+                                 "peak_rss_mib": max(x[2] for x in v)}
+    for name, target in TARGETS_VS_LOAD.items():
+        ratio = statistics.median(x[1] / f[1] for x, f in zip(runs[name], runs["floor"], strict=True))
+        peak = out["commands"][name]["peak_rss_mib"] / out["commands"]["floor"]["peak_rss_mib"]
+        out["ratios"][name] = {"ratio": ratio, "target": target, "peak_ratio": peak, "peak_target": TARGET_PEAK_VS_LOAD}
+    return out
+
+
 def startup(folder: Path, repeat: int) -> dict[str, Any]:
     """Whole-command wall time against the bare ``import onnx; onnx.load`` floor (best of ``repeat``,
     after a warm-up run, with bytecode caches as an installed package has them)."""
@@ -264,6 +314,7 @@ def run(quick: bool) -> dict[str, Any]:
                 for op, args in (("inspect", (a,)), ("snapshot", (a,)), ("diff", (a, b))):
                     row[op] = measure(op, *args)
                 result["scale"].append(row)
+                result["against_load"] = {"nodes": row["nodes"], **against_load(a, b, 3 if quick else 5, folder)}
             a.unlink()
             b.unlink()
         ext_dir = folder / "external"
@@ -279,6 +330,11 @@ def run(quick: bool) -> dict[str, Any]:
     result["within_target_at_50k"] = {
         f"{op} ({r['shapes']} shapes)": r[op]["cpu_seconds"] < TARGET_SECONDS_50K
         for r in at_50k for op in ("inspect", "snapshot", "diff")}
+    al = result.get("against_load")
+    if al:
+        result["floor_ratios"] = {f"{k} (whole command, CPU)": v for k, v in al["ratios"].items()}
+        result["floor_ratios"].update({f"{k} peak RSS": {"ratio": v["peak_ratio"], "target": v["peak_target"]}
+                                       for k, v in al["ratios"].items()})
     ins = result["external"]["inspect"]
     result["external_inspect_far_below_weights"] = ins["peak_growth_mib"] * (1 << 20) < EXTERNAL_BYTES / 10
     return result
@@ -297,6 +353,17 @@ def format_table(r: dict[str, Any]) -> str:
             m = ext[op]
             lines.append(f"| {ext['weights_bytes'] / (1 << 30):.2f} GiB external weights | {op} | {m['seconds']:.2f} | "
                          f"{m['cpu_seconds']:.2f} | {m['peak_growth_mib']:.0f} |")
+    al = r.get("against_load")
+    if al:
+        lines += ["", f"{al['nodes']:,} nodes (stored shapes), whole commands against `python -c \"import onnx; "
+                      f"onnx.load(F)\"`, {al['repeat']} interleaved rounds, medians:", "",
+                  "| command | wall s | CPU s | peak RSS MiB | CPU / floor (per round) | peak / floor |",
+                  "|---|--:|--:|--:|--:|--:|"]
+        for name, c in al["commands"].items():
+            rr = al["ratios"].get(name)
+            extra = (f"{rr['ratio']:.2f}x (target <= {rr['target']:g}x) | {rr['peak_ratio']:.2f}x"
+                     if rr else "1 | 1")
+            lines.append(f"| {name} | {c['wall']:.2f} | {c['cpu']:.2f} | {c['peak_rss_mib']:.0f} | {extra} |")
     s = r["startup"]
     lines.append("")
     lines.append(f"start-up on a {s['parameters'] / 1e6:.1f}M-parameter model ({s['file_mib']:.0f} MiB): "
