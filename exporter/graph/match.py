@@ -65,12 +65,25 @@ def match_nodes(sa: Any, sb: Any, ignore_values: bool, notes: list[str],
 
     use_scope = _scopes_usable(sa, sb)
 
+    # each key is asked for up to three times per node (two alignments, two scores): computed once
+    struct_keys: dict[tuple[int, int], tuple] = {}
+    exact_keys: dict[tuple[int, int], tuple] = {}
+
     def struct_key(side: Any, n: CNode) -> tuple:
-        scope = module_scope(n.name) if use_scope else None
-        return (scope, n.op, attrs_of(n), len(side.data[n.index]), len(n.outputs))
+        k = (id(side), n.index)
+        key = struct_keys.get(k)
+        if key is None:
+            scope = module_scope(n.name) if use_scope else None
+            key = struct_keys[k] = (scope, n.op, attrs_of(n), len(side.data[n.index]), len(n.outputs))
+        return key
 
     def exact_key(side: Any, n: CNode) -> tuple:
-        return (n.op, attrs_of(n), tuple([t for _, _, t in side.data[n.index]]), tuple(n.output_types))
+        k = (id(side), n.index)
+        key = exact_keys.get(k)
+        if key is None:
+            key = exact_keys[k] = (n.op, attrs_of(n), tuple([t for _, _, t in side.data[n.index]]),
+                                   tuple(n.output_types))
+        return key
 
     def coarse_key(side: Any, n: CNode) -> Any:
         # the op alone; a node without data inputs (Constant, ...) pairs only with one of its type
