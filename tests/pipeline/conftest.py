@@ -76,14 +76,14 @@ def one_line_error(result: Result, needle: str, code: int = 2) -> str:
 
 
 def usage_error(result: Result, needle: str) -> str:
-    """A click usage error: exit 2, exactly one ``Error:`` line naming the problem (after click's usage
-    hint), nothing on stdout, no traceback."""
+    """A click usage error: exit 2, one ``yexport: error:`` line naming the problem and pointing to the
+    command's --help, nothing on stdout, no traceback."""
     assert result.exit_code == 2, result.output
     assert result.stdout == ""
-    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("Error:")]
-    assert len(errors) == 1 and needle in errors[0], result.stderr
-    assert "Traceback" not in result.stderr
-    return errors[0]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("yexport: error: ") and needle in lines[0], result.stderr
+    assert "--help" in lines[0] and "Traceback" not in result.stderr
+    return lines[0]
 
 
 # ------------------------------------------------------------------------------------------ graphs

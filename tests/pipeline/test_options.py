@@ -149,7 +149,7 @@ def test_config_keys_as_parameter_names(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("text", "needle"), [
-    ("keep-bn: true\nimgsz: 640\n", "unknown option(s) imgsz"),
+    ("keep-bn: true\nimgsiz: 640\n", "unknown option(s) imgsiz"),
     ("- keep-bn\n", "expected a mapping"),
     ("keep-bn: [true\n", "YAML syntax error"),
 ])

@@ -183,7 +183,7 @@ def test_capture_failure_prints_only_the_error(tmp_path: Path, capfd: pytest.Cap
     """TorchScript cannot export this graph at opset 7 (nearest upsampling with a computed size): one
     line naming the stage and the operator, and nothing else on the terminal (torch's exporter would
     print its whole IR graph on file descriptor 1)."""
-    r = yexport("export", "yolov5n", "--img", "256", "--opset", "7", "-o", tmp_path)
+    r = yexport("export", "yolov5n", "--img", "256", "--opset", "7", "--exporter", "torchscript", "-o", tmp_path)
     line = one_line_error(r, "stage 'capture' failed after: prepare: ", code=1)
     assert "upsample_nearest2d" in line
     assert r.stdout == ""
