@@ -39,11 +39,11 @@ def count_flops(model: nn.Module, shape: tuple[int, ...]) -> int:
         return int(fc.get_total_flops())
     total = [0]
 
-    def conv(m: nn.Module, _inp: Any, out: torch.Tensor) -> None:
+    def conv(m: Any, _inp: Any, out: torch.Tensor) -> None:
         total[0] += 2 * out.numel() * m.weight[0].numel()  # (c_in / groups) * kh * kw per output element
 
-    def linear(m: nn.Module, _inp: Any, out: torch.Tensor) -> None:
-        total[0] += 2 * out.numel() * m.in_features
+    def linear(m: Any, _inp: Any, out: torch.Tensor) -> None:
+        total[0] += 2 * out.numel() * int(m.in_features)
 
     hooks = [m.register_forward_hook(conv if isinstance(m, nn.Conv2d) else linear)
              for m in model.modules() if type(m) in (nn.Conv2d, nn.Linear)]

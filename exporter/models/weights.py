@@ -12,6 +12,7 @@ import os
 import re
 import stat
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -161,7 +162,8 @@ def calibrate_cached(model: nn.Module, config_sha256: str, seed: int = 0, nc: in
         return model.eval(), "cached"
     calibrate(model, seed=seed)
     buf = io.BytesIO()
-    np.savez(buf, **{k: t.detach().cpu().numpy() for k, t in bn_state(model).items()})
+    state: dict[str, Any] = {k: t.detach().cpu().numpy() for k, t in bn_state(model).items()}
+    np.savez(buf, **state)
     try:
         from exporter.io import atomic_write
 

@@ -129,6 +129,7 @@ def cached_reference(model: Any, shapes: list[tuple[int, ...]], *, exported: Any
     base = entry.ref
     if exported is None:
         return replace(base, cases=[replace(c) for c in base.cases], notes=list(base.notes))
+    assert efp is not None
     ye = entry.exported.get(efp)
     if ye is None:
         ye = _exported_forwards(exported, base, head=head, training=training, device=device)
