@@ -91,7 +91,7 @@ def _write(ctx: Context, source: Any, options: ExportOptions, path: Path, varian
     ops = dict(sorted(op_counts(ctx.onnx).items()))
     seconds = time.perf_counter() - t0
     result = ExportResult(variant or "export", target, None, options, records, ctx.parity, ctx.parity_unsimplified,
-                          len(ctx.onnx.graph.node), ops, len(data) + pair.data_size, seconds, ctx.notes,
+                          len(model.graph.node), ops, len(data) + pair.data_size, seconds, ctx.notes,
                           ctx.tracer_warnings, failures)
     manifest = {
         "file": target.name,

@@ -101,7 +101,7 @@ class ConsoleReporter:
         # NO_COLOR: plain log lines only (no styles, no spinner redrawing the line)
         self.plain = "NO_COLOR" in os.environ
         self.console = Console(file=file, stderr=file is None, highlight=False,
-                               **({"color_system": None} if self.plain else {}))
+                               color_system=None if self.plain else "auto")
         self.variants = list(variants or [])
         self._stack: list[Event] = []
         self._step = ""
@@ -169,8 +169,8 @@ class ConsoleReporter:
             self._t0.append(time.perf_counter())
             self._step = ""
         elif e.phase == "step":
-            total = e.info.get("total")
-            self._step = f"{e.what} ({e.info.get('done')}/{total})" if total else e.what
+            steps = e.info.get("total")
+            self._step = f"{e.what} ({e.info.get('done')}/{steps})" if steps else e.what
         elif e.phase == "end":
             if not self._stack:
                 return

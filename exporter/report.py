@@ -138,8 +138,8 @@ def _detection_cell(parity: Any) -> str:
     for p in provs if isinstance(provs, list) else []:
         if not isinstance(p, dict):
             continue
-        parts = [c.get("detections") for c in p.get("cases") or [] if isinstance(c, dict)]
-        parts = [d for d in parts if isinstance(d, dict)]
+        found = [c.get("detections") for c in p.get("cases") or [] if isinstance(c, dict)]
+        parts: list[dict[str, Any]] = [d for d in found if isinstance(d, dict)]
         if not parts:
             continue
         truth = sum(int((d.get("onnx") or {}).get("truth", 0)) for d in parts)

@@ -382,7 +382,7 @@ def profile_modules(model: nn.Module, specs: Any, *, device: str | torch.device 
             ))
     if progress:
         progress(len(calls), len(calls), "done")
-    first = tuple(specs)[0].shape if specs else ()
+    first: tuple[int, ...] = tuple(specs)[0].shape if specs else ()
     hw = [int(first[-2]), int(first[-1])] if len(first) >= 2 else []
     return ProfileReport(rows, str(dev), hw, runs, warmup, inputs=[s.text() for s in specs],
                          whole_gflops=whole.get_total_flops() / 1e9)

@@ -374,7 +374,7 @@ def graph_prune_report(model: nn.Module, threshold: float = DEFAULT_GAMMA_THRESH
     for n in graph.nodes:
         if n.name in conv_names and isinstance(modules.get(conv_names[n.name]), nn.Conv2d):
             nodes_of.setdefault(conv_names[n.name], n)
-    bn_after: dict[str, nn.Module] = {}
+    bn_after: dict[str, nn.modules.batchnorm._BatchNorm] = {}
     for cname, n in nodes_of.items():
         for u in n.users:
             target = modules.get(str(u.target)) if u.op == "call_module" else None

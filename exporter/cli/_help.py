@@ -49,8 +49,8 @@ class Command(click.Command):
             rec = p.get_help_record(ctx)
             if rec is None:
                 continue
-            title = placed.get(p.name or "")
-            (groups[title] if title else other).append(rec)
+            group = placed.get(p.name or "")
+            (groups[group] if group else other).append(rec)
         out = [(t, rows) for t, rows in groups.items() if rows]
         if other:
             out.append(("Options", other))

@@ -44,8 +44,9 @@ def summary_table(results: list[Any], color: bool = False, width: int | None = N
         else:
             parity = r.parity.summary()
             for p in r.parity.providers:
-                if not p.ran and getattr(p, "reason", ""):
-                    parity += f" {notes.ref(f'{p.requested} did not run: {p.reason}')}"
+                reason = getattr(p, "reason", "")
+                if not p.ran and reason:
+                    parity += f" {notes.ref(f'{p.requested} did not run: {reason}')}"
         rows.append((r.path.name, r.nodes, r.ops.get("BatchNormalization", 0),
                      r.ops.get("Shape", 0) + r.ops.get("Gather", 0), _human(r.size), parity, f"{r.seconds:.1f}"))
     return render(SUMMARY_COLUMNS, rows, right=("nodes", "BatchNorm", "Shape+Gather", "size", "seconds"),

@@ -89,8 +89,9 @@ def profile(model: str, cfg: str | None, nc: int | None, seed: int, trust_checkp
     h, w_ = report.img
     where = " + ".join(report.inputs) if report.inputs else f"1x3x{h}x{w_}"
     click.echo(f"{lm.name} on {report.device}, {where}, median of {runs} run(s) per layer")
-    rows = [(r.index, str(r.source), r.module, f"{r.params:,}", f"{r.gflops:.3f}", _ms(r.forward_ms),
-             _ms(r.backward_ms), _shape(r.input_shape), _shape(r.output_shape)) for r in report.layers]
+    rows: list[tuple[int | str, ...]] = [
+        (r.index, str(r.source), r.module, f"{r.params:,}", f"{r.gflops:.3f}", _ms(r.forward_ms),
+         _ms(r.backward_ms), _shape(r.input_shape), _shape(r.output_shape)) for r in report.layers]
     rows.append(("total", "", "", f"{t['params']:,}", f"{t['gflops']:.3f}", _ms(t["forward_ms"]),
                  _ms(t["backward_ms"]), "", ""))
     click.echo(render(("", "from", "module", "params", "GFLOPs", "fwd ms", "bwd ms", "input", "output"), rows,

@@ -361,9 +361,9 @@ def view(
         pass
     finally:
         server.stop()
-        for sig, handler in previous.items():
+        for signum, handler in previous.items():
             if handler is not None:
-                signal.signal(sig, handler)  # type: ignore[arg-type]
+                signal.signal(signum, handler)  # type: ignore[arg-type]
     say("stopped")
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from copy import deepcopy
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -231,11 +231,20 @@ def ltrb_to_xywh(distance: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
     return torch.cat(((x1y1 + x2y2) / 2, x2y2 - x1y1), 1)
 
 
+def _head_bias(branch: nn.Module) -> torch.Tensor:
+    """The bias of a Detect branch's final 1x1 conv (the branch is an ``nn.Sequential`` ending in an
+    ``nn.Conv2d`` built with a bias)."""
+    bias = cast(nn.Conv2d, cast(nn.Sequential, branch)[-1]).bias
+    assert bias is not None
+    return bias
+
+
 class Detect(nn.Module):
     """Anchor-free detection head. In eval mode it returns the decoded ``(bs, 4 + nc, N)``: boxes as
     ``xywh`` pixels, then class probabilities; in train mode the per-level raw maps."""
 
     legacy = True  # v8's class branch; YOLO11 (legacy=False) uses depth-wise + point-wise pairs
+    stride: torch.Tensor  # a buffer (register_buffer in __init__)
 
     def __init__(self, nc: int = 80, reg_max: int = 16, end2end: bool = False, ch: tuple[int, ...] | list[int] = (),
                  legacy: bool = True):
@@ -271,8 +280,8 @@ class Detect(nn.Module):
         """Box biases 2.0; class biases for about 0.01 objects per cell at 640 (needs the strides)."""
         with torch.no_grad():
             for a, b, s in zip(self.cv2, self.cv3, self.stride.tolist(), strict=True):
-                a[-1].bias.fill_(2.0)
-                b[-1].bias[: self.nc].fill_(math.log(5 / self.nc / (640 / s) ** 2))
+                _head_bias(a).fill_(2.0)
+                _head_bias(b)[: self.nc].fill_(math.log(5 / self.nc / (640 / s) ** 2))
 
 
 MODULES: dict[str, type[nn.Module]] = {
@@ -325,7 +334,8 @@ def parse_model(d: dict[str, Any], ch: int) -> tuple[nn.Sequential, list[int]]:
     scale, depth, width, max_channels = _scale(d)
     nc = int(d["nc"])
     chs: list[int] = [ch]
-    layers, save = [], []
+    layers: list[nn.Module] = []
+    save: list[int] = []
     legacy = True
     rows = list(d.get("backbone") or []) + list(d.get("head") or [])
     if not rows:

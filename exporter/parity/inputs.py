@@ -206,9 +206,9 @@ def input_sets(proto: Any, recorded: str) -> list[Any]:
         for batch, scale in ((2, 1.0), (1, 0.75)):  # batch 2; then the other dynamic sizes smaller
             moved = []
             for sp, axes in zip(specs, dyn, strict=True):
-                shape = list(sp.shape)
+                resized = list(sp.shape)
                 for a in axes:
-                    shape[a] = batch if a == 0 else max(1, int(shape[a] * scale))
-                moved.append(InputSpec(tuple(shape), sp.dtype, sp.high))
+                    resized[a] = batch if a == 0 else max(1, int(resized[a] * scale))
+                moved.append(InputSpec(tuple(resized), sp.dtype, sp.high))
             sets.append(tuple(moved))
     return sets

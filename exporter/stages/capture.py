@@ -28,10 +28,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from exporter.errors import YexportError, first_line
 from exporter.pipeline import Context
+
+if TYPE_CHECKING:
+    from torch import nn
 
 INPUT_NAME = "images"
 R = TypeVar("R")
@@ -57,7 +60,7 @@ def _detect(ctx: Context) -> Any:
     from exporter.models.common import Detect
 
     with contextlib.suppress(AttributeError, IndexError, TypeError):
-        det = ctx.prepared.model[-1]
+        det = cast("nn.Sequential", ctx.prepared.model)[-1]
         return det if isinstance(det, Detect) else None
     return None
 
@@ -267,7 +270,7 @@ def dynamo_program(ctx: Context) -> tuple[Any, str]:
     import torch
 
     o = ctx.options
-    dynamic_shapes = None
+    dynamic_shapes: tuple[dict[int, Any] | None, ...] | None = None
     if o.dynamic:
         dim = torch.export.Dim.DYNAMIC
         if _is_yolo(ctx) or not o.input_shapes:
@@ -285,7 +288,7 @@ def dynamo_program(ctx: Context) -> tuple[Any, str]:
             warnings.simplefilter("ignore")
             # optimize=False: the onnxscript optimizer folds BatchNorm into Conv; our tidy stage optimizes
             # with the same passes but honours --keep-bn
-            program = torch.onnx.export(ctx.model, example_args(ctx), dynamo=True, opset_version=o.opset,
+            program = torch.onnx.export(ctx.prepared, example_args(ctx), dynamo=True, opset_version=o.opset,
                                         optimize=False, input_names=input_names(ctx), output_names=output_names(ctx),
                                         dynamic_shapes=dynamic_shapes, verbose=False)
     finally:
@@ -449,8 +452,10 @@ def run_strategies(ctx: Context, attempt: Callable[[str], R]) -> tuple[R, str, t
         finally:
             root.removeHandler(handler)
         attempts.append(CaptureAttempt(exporter, True))
-        path = _write_log(ctx, log) if log else _drop_stale_log(ctx)
-        return result, exporter, tuple(attempts), str(path or "")
+        if log:
+            return result, exporter, tuple(attempts), str(_write_log(ctx, log) or "")
+        _drop_stale_log(ctx)
+        return result, exporter, tuple(attempts), ""
     path = _write_log(ctx, log)
     where = f" (full log: {path})" if path else ""
     lines = "; ".join(f"{a.exporter}: {a.error}" for a in attempts)

@@ -177,15 +177,16 @@ def metadata(ctx: Context) -> Context:
     strides = model_strides(model)
     if strides:
         props["yexport.stride"] = ",".join(map(str, strides))
-    names = getattr(model, "names", None)
-    if names is not None:
-        props["yexport.names"] = json.dumps(list(names.values()) if isinstance(names, dict) else list(names))
+    class_names = getattr(model, "names", None)
+    if class_names is not None:
+        props["yexport.names"] = json.dumps(list(class_names.values()) if isinstance(class_names, dict)
+                                            else list(class_names))
     types = layer_types(model)
     if types:
         props["yexport.layers"] = json.dumps(types)
     props.update(yolov5_props(model))
     props.update(ultralytics_props(model, o))
-    m = ctx.onnx
+    m = ctx.graph
     m.producer_name, m.producer_version = "yexport", __version__
     existing = {p.key: p for p in m.metadata_props}
     for k, v in props.items():
