@@ -255,12 +255,10 @@ def _as_bytes(model: Any) -> bytes | str:
     if isinstance(model, bytes):
         return model
     if isinstance(model, (str, Path)):
-        p = Path(model)
-        if not p.is_file():
-            raise InputError(f"{p}: no such file")
         from exporter.graph.load import load_onnx
 
-        proto = load_onnx(p, load_weights=False)  # every external reference checked (folder, sizes)
+        p = Path(model)
+        proto = load_onnx(p, load_weights=False)  # missing, FIFO, directory, corrupt: one-line input errors  # every external reference checked (folder, sizes)
         if any(t.data_location == 1 for t in proto.graph.initializer):  # TensorProto.EXTERNAL
             return str(p)
         return proto.SerializeToString()
