@@ -36,7 +36,7 @@ from torch import nn
 
 from exporter.errors import ModelError
 from exporter.models.common import Concat, Conv
-from exporter.models.yolo import make_divisible
+from exporter.models.yolo import LayeredModel, make_divisible
 
 __all__ = ["C2PSA", "C3k2", "DFL", "SPPF", "Bottleneck", "C2f", "C3k", "Detect", "DetectionModel",
            "is_ultralytics_config"]
@@ -378,7 +378,7 @@ def parse_model(d: dict[str, Any], ch: int) -> tuple[nn.Sequential, list[int]]:
     return nn.Sequential(*layers), sorted(set(save))
 
 
-class DetectionModel(nn.Module):
+class DetectionModel(LayeredModel):
     """A YOLOv8/YOLO11 detector built from its config dict; ``forward`` in eval mode gives the decoded
     ``(bs, 4 + nc, N)`` that Ultralytics exports."""
 
@@ -422,26 +422,6 @@ class DetectionModel(nn.Module):
     @property
     def detect(self) -> Detect:
         return self.model[-1]  # type: ignore[return-value]
-
-    def forward(self, x: torch.Tensor):  # type: ignore[no-untyped-def]
-        y: list[torch.Tensor | None] = []
-        m: Any
-        for m in self.model:
-            if m.f != -1:
-                x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]  # type: ignore[assignment]
-            x = m(x)
-            y.append(x if m.i in self.save else None)
-        return x
-
-    def fuse(self) -> DetectionModel:
-        """Fold every Conv's BatchNorm into the conv weights (in place); returns self."""
-        from exporter.models.fuse import fuse_conv_bn
-
-        for m in self.modules():
-            if isinstance(m, Conv) and hasattr(m, "bn"):
-                m.conv = fuse_conv_bn(m.conv, m.bn)
-                delattr(m, "bn")
-        return self
 
     @property
     def generation(self) -> str:

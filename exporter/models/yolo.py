@@ -208,7 +208,36 @@ def check_anchor_order(m: Detect) -> None:
         m.anchors[:] = m.anchors.flip(0)
 
 
-class Model(nn.Module):
+class LayeredModel(nn.Module):
+    """A model that is a list of layers, each with ``f`` (where its input comes from: -1, an index or a
+    list) and ``i`` (its index), keeping the outputs that later layers read (``save``): the YOLOv5 and
+    YOLOv8/11 families alike."""
+
+    model: nn.Sequential
+    save: list[int]
+
+    def forward(self, x: torch.Tensor):
+        y: list[torch.Tensor | None] = []
+        m: Any
+        for m in self.model:
+            if m.f != -1:
+                x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]  # type: ignore[assignment]
+            x = m(x)
+            y.append(x if m.i in self.save else None)
+        return x
+
+    def fuse(self):  # -> Self
+        """Fold every Conv's BatchNorm into the conv weights (in place); returns self."""
+        from exporter.models.fuse import fuse_conv_bn
+
+        for m in self.modules():
+            if isinstance(m, Conv) and hasattr(m, "bn"):
+                m.conv = fuse_conv_bn(m.conv, m.bn)
+                delattr(m, "bn")
+        return self
+
+
+class Model(LayeredModel):
     """A YOLOv5 detection model built from a config dict (``.yaml``), with ``.stride`` and ``.names``."""
 
     def __init__(self, cfg: dict[str, Any], ch: int = 3, nc: int | None = None, anchors: list | None = None):
@@ -251,25 +280,6 @@ class Model(nn.Module):
     def detect(self) -> Detect:
         return self.model[-1]  # type: ignore[return-value]
 
-    def forward(self, x: torch.Tensor):
-        y: list[torch.Tensor | None] = []
-        m: Any
-        for m in self.model:
-            if m.f != -1:
-                x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]  # type: ignore[assignment]
-            x = m(x)
-            y.append(x if m.i in self.save else None)
-        return x
-
-    def fuse(self) -> Model:
-        """Fold every Conv's BatchNorm into the conv weights (in place); returns self."""
-        from exporter.models.fuse import fuse_conv_bn
-
-        for m in self.modules():
-            if isinstance(m, Conv) and hasattr(m, "bn"):
-                m.conv = fuse_conv_bn(m.conv, m.bn)
-                delattr(m, "bn")
-        return self
 
     @property
     def generation(self) -> str:
