@@ -24,7 +24,7 @@ import sys
 import tempfile
 import traceback
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
@@ -488,8 +488,13 @@ def capture(ctx: Context) -> Context:
         return _torchscript(ctx) if exporter == "torchscript" else _dynamo(ctx)
 
     (data, how, traced), exporter, attempts, log = run_strategies(ctx, attempt)
-    ctx = ctx.replace(onnx=onnx.load_from_string(data), change=how + attempts_note(attempts, log),
-                      tracer_warnings=traced, capture_attempts=tuple(a.as_dict() for a in attempts))
+    ctx = ctx.replace(onnx=onnx.load_from_string(data), change=how + attempts_note(attempts, log))
+    return captured(ctx, attempts, exporter, log, traced)
+
+
+def captured(ctx: Context, attempts: Sequence[Any], exporter: str, log: str, traced: tuple[str, ...]) -> Context:
+    """``ctx`` after a capture: its attempts, a note when the first exporter failed, and its TracerWarnings."""
+    ctx = ctx.replace(tracer_warnings=traced, capture_attempts=tuple(a.as_dict() for a in attempts))
     if len(attempts) > 1:
         ctx = ctx.note(f"capture: {attempts[0].exporter} failed ({attempts[0].error}); the file was made by "
                        f"{exporter}" + (f"; the first exporter's log: {log}" if log else ""))

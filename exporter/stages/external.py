@@ -142,15 +142,8 @@ def capture_external(ctx: Context, size: int) -> Context:
             write_external(model, folder, f, "inline.data", inline_only=True)
     change = (f"{how}; weights as external data ({size / 2**30:.2f} GiB, threshold "
               f"{external_threshold() / 2**30:.2f} GiB)" + cap.attempts_note(attempts, log))
-    ctx = ctx.replace(onnx=model, external_dir=folder, tracer_warnings=traced, change=change,
-                      capture_attempts=tuple(a.as_dict() for a in attempts))
-    if len(attempts) > 1:
-        ctx = ctx.note(f"capture: {attempts[0].exporter} failed ({attempts[0].error}); the file was made by "
-                       f"{exporter}" + (f"; the first exporter's log: {log}" if log else ""))
-    if traced:
-        ctx = ctx.note(f"{len(traced)} TracerWarning(s) in capture: the trace may have baked in values of the "
-                       "example input (the parity check runs on other inputs to find out)")
-    return ctx
+    ctx = ctx.replace(onnx=model, external_dir=folder, change=change)
+    return cap.captured(ctx, attempts, exporter, log, traced)
 
 
 # ------------------------------------------------------------------------------------- reading and writing
