@@ -292,6 +292,9 @@ def _init_line(c: dict[str, Any]) -> str:
 # loading
 
 
+MAX_SNAPSHOT_BYTES = 256 << 20  # a snapshot of a 50k-node graph is a few MB
+
+
 def load_graph(src: Any) -> CanonGraph:
     """A :class:`CanonGraph` from an ONNX file, a snapshot text file or a ModelProto."""
     if isinstance(src, CanonGraph):
@@ -305,6 +308,9 @@ def load_graph(src: Any) -> CanonGraph:
             except OSError as exc:
                 raise InputError(f"{p}: cannot read: {exc.strerror or exc}") from None
             if head == SNAPSHOT_MAGIC.encode():
+                from exporter.io import regular_file
+
+                regular_file(p, "snapshot", max_bytes=MAX_SNAPSHOT_BYTES)  # read whole: bounded first
                 try:
                     text = p.read_text(encoding="utf-8")
                 except UnicodeDecodeError:

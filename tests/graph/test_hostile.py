@@ -379,3 +379,15 @@ def test_structure_commands_never_open_the_weights(world: dict[str, Path]) -> No
             code, out = run(*cmd)
         assert code == 0, (cmd, out)
         assert not any(Path(s).name == "w.bin" for s in seen), (cmd, seen)
+
+
+def test_an_oversized_snapshot_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    from exporter.graph.diff import MAX_SNAPSHOT_BYTES, SNAPSHOT_MAGIC
+
+    big = tmp_path / "big.graph.txt"
+    with open(big, "wb") as f:  # sparse: costs no disk
+        f.write(SNAPSHOT_MAGIC.encode())
+        f.truncate(MAX_SNAPSHOT_BYTES + 1)
+    res = CliRunner().invoke(cli, ["diff", str(big), str(big)])
+    assert res.exit_code == 2 and "too large for a snapshot" in res.stderr
+    assert res.stderr.count("\n") == 1 and "Traceback" not in res.output
