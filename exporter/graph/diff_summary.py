@@ -18,7 +18,8 @@ from fractions import Fraction
 from typing import Any
 
 from exporter.graph._canon import CanonGraph, CNode
-from exporter.graph.match import layer_of, module_scope
+from exporter.graph.match import layer_of
+from exporter.graph.scopes import module_scope
 
 _TYPE_RE = re.compile(r"^(?P<dt>[a-z0-9]+)\[(?P<dims>[^\]]*)\]$")
 _FLOAT_DTYPES = {"f32", "f16", "f64", "bf16"}

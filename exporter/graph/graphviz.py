@@ -25,7 +25,6 @@ metadata; the operator pattern of the layer (C3, SPPF, SPP, Focus, Conv, Concat,
 
 from __future__ import annotations
 
-import ast
 import difflib
 import json
 import re
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter.errors import ConfigError, MissingDependency, YexportError
+from exporter.graph.scopes import module_scope, node_scope
 
 #: Model-level ``metadata_props`` key naming the top-level layers of the network, written by an
 #: exporter that knows the model. Value: a JSON array with one entry per layer of the top-level
@@ -47,16 +47,12 @@ from exporter.errors import ConfigError, MissingDependency, YexportError
 #: A JSON object ``{"0": "Conv", "1": "C3", ...}`` is accepted too.
 LAYERS_KEY = "yexport.layers"
 
-NAME_SCOPES_KEY = "pkg.torch.onnx.name_scopes"
-CLASS_HIERARCHY_KEY = "pkg.torch.onnx.class_hierarchy"
-NAMESPACE_KEY = "namespace"
 
 COLLAPSE_CHOICES = ("modules",)
 OUTPUT_FORMATS = ("svg", "png", "pdf", "dot")
 DEFAULT_DIR = Path("graphviz_out")
 
 _FONT = "Helvetica"
-_LAYER_RE = re.compile(r"(?:^|\.)(\d+)$")
 _OP_COLORS = {
     "Conv": "#c9daf8",
     "ConvTranspose": "#c9daf8",
@@ -276,41 +272,6 @@ def friendly_label(node: Any, graph: _Graph | None = None) -> str:
 
 # --------------------------------------------------------------------------------------------
 # Module scopes
-
-
-def _literal_list(text: str) -> list[str] | None:
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return None
-    return [str(v) for v in value] if isinstance(value, (list, tuple)) else None
-
-
-def node_scope(node: Any) -> tuple[str, int, str | None] | None:
-    """``(scope, index, class name or None)`` of the top-level layer a node belongs to, or None.
-
-    ``scope`` is the module path of the layer (``model.2``), ``index`` its position in the
-    top-level ``Sequential`` and the class name (``C3``) is known only from dynamo metadata.
-    """
-    meta = {p.key: p.value for p in node.metadata_props}
-    scopes = _literal_list(meta[NAME_SCOPES_KEY]) if NAME_SCOPES_KEY in meta else None
-    classes = _literal_list(meta[CLASS_HIERARCHY_KEY]) if CLASS_HIERARCHY_KEY in meta else None
-    if scopes is None and NAMESPACE_KEY in meta:
-        parts = [p.split(": ", 1) for p in meta[NAMESPACE_KEY].split("/")]
-        scopes = [p[0].strip() for p in parts]
-        classes = [p[1].strip() if len(p) > 1 else "" for p in parts]
-    if scopes:
-        for i, scope in enumerate(scopes):
-            m = _LAYER_RE.search(scope)
-            if m and scope:
-                cls = classes[i].rsplit(".", 1)[-1] if classes and i < len(classes) and classes[i] else None
-                return scope, int(m.group(1)), cls
-    if node.name.startswith("/"):
-        for part in node.name.split("/")[1:-1]:
-            m = _LAYER_RE.search(part)
-            if m:
-                return part, int(m.group(1)), None
-    return None
 
 
 def parse_layers(value: str | list | dict) -> dict[int, str]:
@@ -603,7 +564,6 @@ def _block_label(block: Block, g: _Graph) -> str:
 
 
 BACKBONE_KEY = "yexport.backbone_layers"  # optional: how many YAML rows are the backbone
-_REPEAT_RE = re.compile(r"/model\.(\d+)/m/m\.(\d+)/")
 _SECTIONS = (("backbone", "Backbone"), ("neck", "Neck (FPN + PAN)"), ("head", "Head (Detect)"))
 _SECTION_STYLE = {"backbone": "#eef4fc", "neck": "#fdf6ec", "head": "#fcefef"}
 
@@ -626,7 +586,7 @@ def _backbone_end(g: _Graph, blocks: list[Block]) -> int | None:
 
 def _repeats(g: _Graph, block: Block) -> int:
     """How many Bottlenecks a C3/BottleneckCSP layer repeats (``model.N.m.K`` scopes), 0 if unknown."""
-    found = {m.group(2) for i in block.nodes if (m := _REPEAT_RE.search(g.nodes[i].name))}
+    found = {sc[1] for i in block.nodes if (sc := module_scope(g.nodes[i].name)) and sc[1] and "/m/m." in g.nodes[i].name}
     return len(found)
 
 

@@ -15,22 +15,11 @@ alignment and are never reported as a difference.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
 from exporter.graph._canon import CNode, strip_hashes
-
-_SCOPE_RE = re.compile(r"^/?(model\.\d+)(?:/m)?(?:/(m\.\d+))?(?:/|$)")
-
-
-def module_scope(name: str | None) -> tuple[str, str | None] | None:
-    """``('model.2', 'm.0')`` for ``/model.2/m/m.0/cv1/conv/Conv`` (or ``/model.2/m.0/...``), ``('model.9', None)`` for
-    ``/model.9/cv1/conv/Conv``; None for a name without a YOLOv5 layer scope."""
-    if not name:
-        return None
-    m = _SCOPE_RE.match(name)
-    return (m.group(1), m.group(2)) if m else None
+from exporter.graph.scopes import module_scope
 
 
 def layer_of(name: str | None) -> str | None:

@@ -30,7 +30,7 @@ class Divergence:
 
 def layer_outputs(proto: Any) -> dict[int, str]:
     """Layer index -> the tensor leaving that layer (consumed by another layer or a graph output)."""
-    from exporter.graph.graphviz import node_scope
+    from exporter.graph.scopes import node_scope
 
     layer_of: dict[str, int] = {}
     for node in proto.graph.node:

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from exporter.cli.main import cli
 from exporter.graph.diff import diff
 from exporter.graph.diff_summary import parameter_count
-from exporter.graph.match import module_scope
+from exporter.graph.scopes import module_scope
 
 
 def _stack(repeats: dict[int, int], width: int = 8, layers: list[str] | None = None) -> onnx.ModelProto:
