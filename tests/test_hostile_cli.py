@@ -268,6 +268,7 @@ def run_subprocess(argv: list[str], timeout: float = TIMEOUT, sigint_after: floa
     return Outcome(proc.returncode, err, out)
 
 
+@pytest.mark.slow
 def test_fifo_and_view_in_subprocesses(files: Files, tmp_path: Path) -> None:
     """A FIFO as input to every command (nothing ever writes to it: a reader would block forever), and
     ``view`` on the hostile files. Run four at a time."""

@@ -146,6 +146,7 @@ def test_info_text_counts(checkpoints: types.SimpleNamespace) -> None:
     assert "2,624,080 parameters, 2,624,064 gradients" in r.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_export_in_export_mode_with_ultralytics_metadata(name: str, checkpoints: types.SimpleNamespace,
                                                          tmp_path: Path) -> None:

@@ -84,6 +84,7 @@ def test_same_graph_with_and_without_external_data(tmp_path: Path, monkeypatch: 
     assert res.exit_code == 0 and "identical" in res.output, res.output  # same weights, stored apart
 
 
+@pytest.mark.slow
 def test_dynamo_capture_with_external_data(tmp_path: Path, forced: None) -> None:
     [r] = exporter.export(small_module(), out_dir=tmp_path, name="d", img=(64, 64), exporter="dynamo")
     assert r.ok, r.failures

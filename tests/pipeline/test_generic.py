@@ -272,6 +272,7 @@ def _timm():
         pytest.skip(f"timm not importable: {exc}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet18", "mobilenetv3_small_050"])
 def test_timm_classifiers_export_and_pass(name: str, tmp_path: Path) -> None:
     timm = _timm()

@@ -122,6 +122,7 @@ def test_checker_catches_a_stage_that_changed_the_opset(tmp_path: Path, monkeypa
     assert not list(tmp_path.glob("*.onnx"))
 
 
+@pytest.mark.slow
 def test_simplify_failure_is_recorded_and_the_unsimplified_graph_written(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import onnxsim
@@ -179,6 +180,7 @@ def test_opset_17_gives_exactly_17(tmp_path: Path) -> None:
     assert e.parity["passed"] is True
 
 
+@pytest.mark.slow
 def test_capture_failure_prints_only_the_error(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     """TorchScript cannot export this graph at opset 7 (nearest upsampling with a computed size): one
     line naming the stage and the operator, and nothing else on the terminal (torch's exporter would
