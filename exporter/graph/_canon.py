@@ -331,10 +331,6 @@ class CInit:
         return numpy_helper.to_array(self.tensor)
 
 
-def _external_info(tensor: Any) -> dict[str, str]:
-    return {e.key: e.value for e in tensor.external_data}
-
-
 def _tensor_chunks(tensor: Any, base_dir: str | None):
     """Yield a tensor's content as canonical little-endian bytes, in chunks for external data."""
     if tensor is None:
