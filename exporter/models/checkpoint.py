@@ -525,6 +525,31 @@ def _resize_to(model: nn.Module, sd: dict[str, torch.Tensor]) -> int:
     return changed
 
 
+def _restore(model: Any, p: Any, sd: dict[str, Any], path: Path, *, new_head: bool = False) -> dict[str, Any]:
+    """Put a checkpoint's state into the model rebuilt from its config (YOLOv5 and Ultralytics alike):
+    the stand-in tree must have the same module types, the weights load strictly (but the head with a
+    new ``--nc``), BatchNorm eps/momentum, stride and names come from the checkpoint. Returns what
+    :func:`_load_weights` noted."""
+    ours = {n: type(m).__name__ for n, m in model.named_modules(remove_duplicate=False) if n}
+    wrong = [f"{n} is {c} in the checkpoint but {ours[n]} in the rebuilt model" for n, c in p.modules.items()
+             if n in ours and c != ours[n]]
+    if wrong:
+        raise CheckpointError(f"{path}: the checkpoint's layers differ from its config: {_describe_keys(wrong, 2)}")
+    notes = _load_weights(model, sd, path, skip_head=new_head)
+    for n, m in model.named_modules():
+        if isinstance(m, nn.BatchNorm2d) and n in p.bn:
+            eps, momentum = p.bn[n]["eps"], p.bn[n]["momentum"]
+            if isinstance(eps, float):
+                m.eps = eps
+            if isinstance(momentum, float):
+                m.momentum = momentum
+    _check_stride(model, p.attrs.get("stride"), path)
+    names = None if new_head else _names_list(p.attrs.get("names"), model.nc)
+    if names:
+        model.names = names
+    return notes
+
+
 def _load_weights(model: nn.Module, sd: dict[str, torch.Tensor], path: Path, *, skip_head: bool = False,
                   resize: bool = False) -> dict[str, Any]:
     """Strictly load ``sd`` into ``model`` (fp16 -> fp32); fuses first when ``sd`` holds a fused model."""
@@ -620,24 +645,7 @@ def _from_model_object(obj: Any, ckpt: dict[str, Any], path: Path, nc: int | Non
     new_head = nc is not None and nc != ckpt_nc
     detect = f"model.{len(model.model) - 1}."  # type: ignore[arg-type]
     sd.pop(f"{detect}anchor_grid", None)  # a v5.0 buffer (anchors in pixels); ours derives it
-    # the stand-in tree must be made of the same module types as the rebuilt model
-    ours = {n: type(m).__name__ for n, m in model.named_modules(remove_duplicate=False) if n}
-    wrong = [f"{n} is {c} in the checkpoint but {ours[n]} in the rebuilt model" for n, c in p.modules.items()
-             if n in ours and c != ours[n]]
-    if wrong:
-        raise CheckpointError(f"{path}: the checkpoint's layers differ from its config: {_describe_keys(wrong, 2)}")
-    notes = _load_weights(model, sd, path, skip_head=new_head)
-    for n, m in model.named_modules():
-        if isinstance(m, nn.BatchNorm2d) and n in p.bn:
-            eps, momentum = p.bn[n]["eps"], p.bn[n]["momentum"]
-            if isinstance(eps, float):
-                m.eps = eps
-            if isinstance(momentum, float):
-                m.momentum = momentum
-    _check_stride(model, p.attrs.get("stride"), path)
-    names = None if new_head else _names_list(p.attrs.get("names"), model.nc)
-    if names:
-        model.names = names
+    notes = _restore(model, p, sd, path, new_head=new_head)
     if new_head:
         click.echo(f"yexport: warning: --nc {nc} differs from the checkpoint's {ckpt_nc}: the detection head convs "
                    "keep their initial weights", err=True)
@@ -687,24 +695,8 @@ def _from_ultralytics(p: _Pickled, ckpt: dict[str, Any], path: Path, nc: int | N
         act = p.modules.get(f"{name}.act")
         if isinstance(m, Conv) and act in ("Identity", "SiLU") and type(m.act).__name__ != act:
             m.act = nn.Identity() if act == "Identity" else nn.SiLU()
-    ours = {n: type(m).__name__ for n, m in model.named_modules(remove_duplicate=False) if n}
-    wrong = [f"{n} is {c} in the checkpoint but {ours[n]} in the rebuilt model" for n, c in p.modules.items()
-             if n in ours and c != ours[n]]
-    if wrong:
-        raise CheckpointError(f"{path}: the checkpoint's layers differ from its config: {_describe_keys(wrong, 2)}")
     sd = dict(p.state_dict)
-    notes = _load_weights(model, sd, path)
-    for n, m in model.named_modules():
-        if isinstance(m, nn.BatchNorm2d) and n in p.bn:
-            eps, momentum = p.bn[n]["eps"], p.bn[n]["momentum"]
-            if isinstance(eps, float):
-                m.eps = eps
-            if isinstance(momentum, float):
-                m.momentum = momentum
-    _check_stride(model, p.attrs.get("stride"), path)
-    names = _names_list(p.attrs.get("names"), model.nc)
-    if names:
-        model.names = names
+    notes = _restore(model, p, sd, path)
     info: dict[str, Any] = {
         "kind": "checkpoint",
         "format": "ultralytics",
