@@ -56,7 +56,12 @@ def probe_writable(folder: PathLike, what: str = "output folder") -> None:
     created: list[Path] = []
     try:
         for m in reversed(missing):
-            os.mkdir(m)
+            try:
+                os.mkdir(m)
+            except FileExistsError:  # another process (a concurrent export) made it meanwhile: not ours
+                if not m.is_dir():
+                    raise
+                continue
             created.append(m)
         probe = d / f".yexport-probe.{os.getpid()}.{secrets.token_hex(4)}.tmp"
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
