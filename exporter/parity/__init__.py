@@ -183,15 +183,18 @@ def _pooled_floors(ref: Reference, provider: str) -> Any:
 def _case(case: Any, outs: list[np.ndarray], names: list[str], ref: Reference, explicit: bool, has_truth: bool,
           atol: float, rtol: float, output_atol: dict[str, float], detections: bool, provider: str,
           floors: Any = None) -> CaseParity:
-    captured = case.exported if case.exported is not None else case.fp32
+    # the capture figure: against the exact module exported, where its forward ran (a fused file's first
+    # input); the source's fp32 forward is that module for an unfused file
+    captured = case.exported if case.exported is not None else None if ref.fused else case.fp32
     results: list[OutputParity] = []
     for i, (name, out) in enumerate(zip(names, outs, strict=True)):
         floor = case.noise_for(provider)[i]
         if explicit or not has_truth or name in output_atol:
-            results.append(compare_tolerance(name, out, floor, output_atol.get(name, atol), rtol, captured[i]))
+            results.append(compare_tolerance(name, out, floor, output_atol.get(name, atol), rtol,
+                                             captured[i] if captured else None))
             continue
         results.append(compare_floor(name, out, floor, case.f64[i], _groups(ref, case, i, out.shape),
-                                     captured[i], floors(i)))
+                                     captured[i] if captured else None, floors(i)))
     fusion = None
     if case.exported is not None:
         fusion = max((_max_abs(x, y) for x, y in zip(case.exported, case.fp32, strict=True)), default=0.0)

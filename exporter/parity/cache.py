@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from exporter.parity.reference import Reference, build_reference, flatten, reference_model
+from exporter.parity.reference import EXPORTED_CASES, Reference, build_reference, flatten, reference_model
 
 MAX_ENTRIES = 2
 MAX_BYTES = 768 << 20  # a dynamic-batch yolov5x reference is ~0.4 GB; more is not kept
@@ -28,7 +28,7 @@ MAX_BYTES = 768 << 20  # a dynamic-batch yolov5x reference is ~0.4 GB; more is n
 @dataclass
 class _Entry:
     ref: Reference  # cases without the exported forward
-    exported: dict[str, list[list[np.ndarray]]] = field(default_factory=dict)  # fingerprint -> per case
+    exported: dict[str, list[list[np.ndarray] | None]] = field(default_factory=dict)  # fingerprint -> per case
     nbytes: int = 0
 
 
@@ -80,15 +80,20 @@ def _arrays_bytes(ref: Reference) -> int:
     return total
 
 
-def _exported_forwards(exported: Any, ref: Reference, *, head: str, training: bool, device: str) -> list[list[np.ndarray]]:
-    """The fp32 forward of the exported module on every case of ``ref`` (the inputs the other forwards saw)."""
+def _exported_forwards(exported: Any, ref: Reference, *, head: str, training: bool,
+                       device: str) -> list[list[np.ndarray] | None]:
+    """The fp32 forward of the exported module on the first case(s) of ``ref`` (the inputs the other forwards
+    saw; :data:`EXPORTED_CASES`), None for the others."""
     import torch
 
     dev = torch.device(device)
     m = reference_model(exported, head=head, training=training).to(dev)
-    out = []
+    out: list[list[np.ndarray] | None] = []
     with torch.no_grad():
-        for c in ref.cases:
+        for i, c in enumerate(ref.cases):
+            if i >= EXPORTED_CASES:
+                out.append(None)
+                continue
             feeds = getattr(c, "feeds", (c.x,))
             args = [torch.from_numpy(a).to(device=dev, dtype=torch.float32 if a.dtype.kind == "f" else None)
                     for a in feeds]
@@ -134,7 +139,7 @@ def cached_reference(model: Any, shapes: list[tuple[int, ...]], *, exported: Any
     if ye is None:
         ye = _exported_forwards(exported, base, head=head, training=training, device=device)
         entry.exported = {efp: ye}  # one exported module per entry: the variants of one run share it
-        entry.nbytes = _arrays_bytes(base) + sum(a.nbytes for outs in ye for a in outs)
+        entry.nbytes = _arrays_bytes(base) + sum(a.nbytes for outs in ye if outs for a in outs)
         _trim()
     cases = [replace(c, exported=y) for c, y in zip(base.cases, ye, strict=True)]
     return replace(base, cases=cases, fused=True, notes=list(base.notes))

@@ -166,14 +166,18 @@ def compare_floor(name: str, out: np.ndarray, fp32: np.ndarray, f64: np.ndarray,
     if out.shape != f64.shape:
         return shape_mismatch(name, out, f64)
     out64, t32 = out.astype(np.float64), fp32.astype(np.float64)
-    e_onnx, e_torch = np.abs(out64 - f64), np.abs(t32 - f64)
+    e_onnx = np.abs(out64 - f64)
     mag = np.abs(f64)
     results, worst_text, worst_score = [], "", -math.inf
     for g in groups:
-        eo, et = g.take(e_onnx), g.take(e_torch)
+        eo = g.take(e_onnx)
         eps = EPS_ABS + EPS_ULP * _q(g.take(mag))
         oq, om = _q(eo), _max(eo)
-        tq, tm = floor[g.name] if floor and g.name in floor else (_q(et), _max(et))
+        if floor and g.name in floor:
+            tq, tm = floor[g.name]
+        else:
+            et = g.take(np.abs(t32 - f64))
+            tq, tm = _q(et), _max(et)
         allowed_q, allowed_max = K_Q * tq + eps, K_MAX * tm + eps
         ok = not (math.isnan(oq) or math.isnan(om)) and oq <= allowed_q and om <= allowed_max
         results.append(GroupParity(g.name, g.unit, oq, om, tq, tm, allowed_q, allowed_max, ok))

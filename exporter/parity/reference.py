@@ -23,7 +23,7 @@ class Case:
     x: np.ndarray
     fp32: list[np.ndarray]  # the source model (unfused), fp32, on the reference device
     f64: list[np.ndarray] | None  # the source model in float64 on the CPU: the truth
-    exported: list[np.ndarray] | None = None  # the module exported (e.g. fused), fp32
+    exported: list[np.ndarray] | None = None  # the module exported (e.g. fused), fp32; first input only
     floor: list[np.ndarray] | None = None  # the source model in the file's precision when not fp32
     floor_cuda: list[np.ndarray] | None = None  # the same forward by PyTorch on CUDA, for the CUDA provider
     more: tuple[np.ndarray, ...] = ()  # the inputs after the first, for a model with several
@@ -62,6 +62,13 @@ class Reference:
     precision: str = "float32"  # the file's: float32 or float16
 
 
+# The fp32 forward of the exported module (the fused copy) runs on the first input only: it gives the
+# capture figure (ONNX vs the exact module exported) and the fusion figure (fused vs unfused PyTorch),
+# diagnostics beside the verdict, which the float64 truth and the source's fp32 floor decide on every input.
+# One more forward per input would cost a sixth of the check for figures that one input already shows.
+EXPORTED_CASES = 1
+
+
 def detect_of(model: Any) -> Any:
     """The YOLOv5 Detect layer of ``model``, or None."""
     from exporter.models.common import Detect
@@ -75,11 +82,16 @@ def detect_of(model: Any) -> Any:
 
 
 def reference_model(model: Any, *, head: str = "decode", training: bool = False) -> Any:
-    """A copy of ``model`` configured like an export (Detect output mode), in eval or train mode."""
+    """A copy of ``model`` configured like an export (Detect output mode; with the raw head, the network
+    part of a detector with post-processing), in eval or train mode."""
+    from exporter.models.detection import network_part
+
     ref = deepcopy(model).float()
     det = detect_of(ref)
     if det is not None:
         det.output, det.int_shapes = head, False
+    elif head == "raw":
+        ref = network_part(ref) or ref
     return ref.train(training)
 
 
@@ -167,7 +179,7 @@ def build_reference(model: Any, shapes: list[tuple[int, ...]], *, inputs: int | 
     """Forwards of ``model`` for every parity input: the noise floor in the file's ``precision`` (fp32 on
     ``device``; for float16 files PyTorch's float16 on CUDA, or :func:`fp16_storage` on the CPU) and the
     float64 truth on the CPU; with ``exported`` (the module that was captured, when it differs from
-    ``model``), its fp32 forward too. ``truth=False`` skips the float64 forward (the explicit tolerance
+    ``model``), its fp32 forward too, on the first input (:data:`EXPORTED_CASES`). ``truth=False`` skips the float64 forward (the explicit tolerance
     rule needs none). For float16 files every input is rounded to float16 first, so all forwards see
     the values the file sees. ``cuda_floor``: also measure the floor with PyTorch on CUDA (for the CUDA
     provider), where torch can use CUDA."""
@@ -195,7 +207,7 @@ def build_reference(model: Any, shapes: list[tuple[int, ...]], *, inputs: int | 
             cuda_model, cuda_dtype = cuda_model.half(), torch.float16
     cases_in = make_inputs(shapes, inputs, seed, images)
     cases = []
-    for label, x_in in cases_in:
+    for i, (label, x_in) in enumerate(cases_in):
         x = tuple(x_in) if isinstance(x_in, tuple) else x_in  # several inputs: a tuple of arrays
         if precision == "float16":
             x = tuple(a.astype(np.float16).astype(np.float32) if a.dtype.kind == "f" else a
@@ -209,7 +221,7 @@ def build_reference(model: Any, shapes: list[tuple[int, ...]], *, inputs: int | 
                 y64 = _forward(ref64, x, torch.float64, torch.device("cpu"))
             except Exception as exc:  # an op without a float64 kernel
                 ref64, no_f64 = None, f"the model cannot run in float64: {first_line(exc)}"
-        ye = _forward(exp32, x, torch.float32, dev) if exp32 is not None else None
+        ye = _forward(exp32, x, torch.float32, dev) if exp32 is not None and i < EXPORTED_CASES else None
         yc: list[np.ndarray] | None = None
         if dev.type == "cuda":  # the floor measured here is CUDA's
             yc = yf if yf is not None else y32

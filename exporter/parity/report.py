@@ -6,7 +6,7 @@ A report is truthy when every provider that ran passed and every required provid
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 
@@ -109,14 +109,19 @@ class ProviderParity:
         return all(c.passed for c in self.cases) if self.ran else None
 
     def worst(self) -> list[OutputParity]:
-        """Per output, its worst case (a failure first, else the largest ratio or max abs)."""
+        """Per output, its worst case (a failure first, else the largest ratio or max abs), with the capture
+        figure of whichever input measured it (the exported module's forward runs on the first only)."""
         by_name: dict[str, OutputParity] = {}
+        capture: dict[str, float] = {}
         for c in self.cases:
             for o in c.outputs:
                 cur = by_name.get(o.name)
                 if cur is None or _badness(o) > _badness(cur):
                     by_name[o.name] = o
-        return list(by_name.values())
+                if o.capture_max_abs is not None:
+                    capture[o.name] = max(o.capture_max_abs, capture.get(o.name, 0.0))
+        return [o if o.capture_max_abs is not None or o.name not in capture else replace(o, capture_max_abs=capture[o.name])
+                for o in by_name.values()]
 
 
 def _badness(o: OutputParity) -> tuple[bool, float]:

@@ -183,6 +183,8 @@ def test_report_text_and_json(n320: Exported) -> None:
     assert out["rule"] == "noise-floor" and 0 < out["ratio"] < K_Q and out["passed"] is True
     case = rep["providers"][0]["cases"][0]
     assert case["fusion_max_abs"] > 0 and out["capture_max_abs"] > 0
+    later = rep["providers"][0]["cases"][1]  # the fused copy's forward ran on the first input only
+    assert later["fusion_max_abs"] is None and later["outputs"][0]["capture_max_abs"] is None
     assert case["detections"]["line"].startswith("detections (conf 0.25, IoU 0.45)")
     table = yexport("check", n320.path)
     assert table.exit_code == 0

@@ -60,6 +60,8 @@ def test_cached_equals_built_and_builds_once(tiny, builds: list[int]) -> None:
         for c, w in zip(r.cases, want.cases, strict=True):
             assert np.array_equal(c.x, w.x) and _equal(c.fp32, w.fp32) and _equal(c.f64, w.f64)
             assert _equal(c.exported, w.exported)
+        # the exported module's forward (capture and fusion figures) runs on the first input only
+        assert r.cases[0].exported is not None and all(c.exported is None for c in r.cases[1:])
     assert not plain.fused and all(c.exported is None for c in plain.cases)
     assert got.cases[0] is not again.cases[0]  # fresh cases: a caller may set fields without touching the cache
 
