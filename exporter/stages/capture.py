@@ -487,7 +487,16 @@ def capture(ctx: Context) -> Context:
     def attempt(exporter: str) -> tuple[bytes, str, tuple[str, ...]]:
         return _torchscript(ctx) if exporter == "torchscript" else _dynamo(ctx)
 
-    (data, how, traced), exporter, attempts, log = run_strategies(ctx, attempt)
+    try:
+        (data, how, traced), exporter, attempts, log = run_strategies(ctx, attempt)
+    except CaptureError as exc:
+        from exporter.models.detection import post_processing
+
+        post = post_processing(ctx.source.model) if ctx.options.head != "raw" else ""
+        if not post:
+            raise
+        raise CaptureError(f"{exc}; the model ends in {post}: export the network up to it with --raw-head "
+                           "(the head's raw outputs)") from None
     ctx = ctx.replace(onnx=onnx.load_from_string(data), change=how + attempts_note(attempts, log))
     return captured(ctx, attempts, exporter, log, traced)
 

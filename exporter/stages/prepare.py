@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from copy import deepcopy
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from exporter.errors import ConfigError
 from exporter.options import InputSpec
@@ -202,6 +202,7 @@ def prepare(ctx: Context) -> Context:
     from torch import nn
 
     from exporter.models.common import Detect
+    from exporter.models.detection import network_part, post_processing
     from exporter.models.weights import synthetic_images
 
     o = ctx.options
@@ -217,6 +218,10 @@ def prepare(ctx: Context) -> Context:
     dev = resolve_device(o.device)
     model = deepcopy(ctx.source.model).to(dev).float()
     changes = []
+    post = post_processing(model)
+    if post and o.head == "raw":
+        model = cast("nn.Module", network_part(model))
+        changes.append(str(model.part))
     det = getattr(model, "model", [None])[-1] if hasattr(model, "model") else None
     if isinstance(det, Detect):
         det.output = o.head
@@ -269,6 +274,10 @@ def prepare(ctx: Context) -> Context:
     if o.use_int_shapes and o.dynamic == "batch" and isinstance(det, Detect):  # int shapes are Detect's
         ctx = ctx.note(f"int shapes: feature-map sizes for {h}x{w} are constants in the graph; the batch stays "
                        "dynamic (--no-int-shapes keeps the traced shape arithmetic)")
+    if post and o.head != "raw":
+        ctx = ctx.note(f"the model ends in data-dependent post-processing, {post}: exported whole, the trace "
+                       "bakes in the example's branches or the capture fails; --raw-head exports the network "
+                       "up to it (the head's raw outputs)")
     if o.training:
         ctx = ctx.note("training mode: BatchNormalization uses batch statistics (training_mode=1); this is not "
                        "an inference graph, and its outputs depend on the whole batch")
