@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from exporter.errors import ModelError
+from exporter.options import InputSpec
 
 DEFAULT_THRESHOLD = 1e-5  # fp32 fusion lands around 3e-7 relative error with real statistics
 PARITY_ATOL = 1e-3
@@ -65,6 +66,7 @@ class FuseReport:
     img: list[int]
     method: str  # how pairs were found: 'yolov5 Conv' or 'torch.fx'
     skipped: list[str] = field(default_factory=list)  # pairs found but not checked, with why
+    inputs: list[list[int]] = field(default_factory=list)  # the shape of each input of the forward
 
     def __bool__(self) -> bool:
         return all(p.passed for p in self.pairs) and (self.model is None or self.model.within_tolerance)
@@ -79,6 +81,7 @@ class FuseReport:
             "passed": bool(self),
             "threshold": self.threshold,
             "img": self.img,
+            "inputs": self.inputs,
             "method": self.method,
             "n_pairs": len(self.pairs),
             "worst_pair": worst.conv if worst else None,
@@ -216,14 +219,17 @@ def fuse_check(
     img: int | tuple[int, int] = 640,
     threshold: float = DEFAULT_THRESHOLD,
     *,
-    inputs: torch.Tensor | None = None,
+    inputs: torch.Tensor | tuple[torch.Tensor, ...] | None = None,
     seed: int = 0,
     whole_model: bool = True,
+    input_specs: tuple[InputSpec, ...] = (),
 ) -> FuseReport:
     """Check Conv+BN fusion pair by pair (ours and torch's) and for the whole model.
 
-    ``inputs`` replaces the seeded synthetic image (``exporter.models.weights.synthetic_images``) for
-    models that do not take a 3-channel image. The caller's model is not modified.
+    ``inputs`` (a tensor, or a tuple: the forward's positional arguments) or ``input_specs``
+    (``--input-shape``: seeded inputs of those shapes and dtypes) replace the seeded synthetic image
+    (``exporter.models.weights.synthetic_images``) for models that do not take one 3-channel image. The
+    caller's model is not modified.
     """
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
@@ -234,10 +240,13 @@ def fuse_check(
     ref_model = deepcopy(model).eval()
     pairs, method = find_conv_bn_pairs(ref_model)
     p = next(ref_model.parameters(), None)
-    if inputs is None:
-        inputs = synthetic_images(1, hw, seed)
+    if inputs is None and input_specs:
+        from exporter.analysis.generic import example_args
+
+        inputs = example_args(ref_model, tuple(input_specs), seed)
+    args = inputs if isinstance(inputs, tuple) else (synthetic_images(1, hw, seed) if inputs is None else inputs,)
     if p is not None:
-        inputs = inputs.to(device=p.device, dtype=p.dtype)
+        args = tuple(a.to(device=p.device, dtype=p.dtype if a.is_floating_point() else a.dtype) for a in args)
 
     captured: dict[str, torch.Tensor] = {}
     handles = []
@@ -247,7 +256,12 @@ def fuse_check(
                 captured[name] = args[0].detach().clone()
         handles.append(ref_model.get_submodule(conv_name).register_forward_pre_hook(hook))
     try:
-        y_ref = ref_model(inputs)
+        y_ref = ref_model(*args)
+    except Exception as exc:  # noqa: BLE001 - any failure of the user's forward is reported in one line
+        shapes = ", ".join("x".join(map(str, a.shape)) for a in args)
+        raise ModelError(f"{type(model).__name__}'s forward failed on the seeded input {shapes}: "
+                         f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+                         "(give the model's inputs with --input-shape)") from None
     finally:
         for h in handles:
             h.remove()
@@ -281,5 +295,5 @@ def fuse_check(
     parity = None
     if whole_model:
         fused, how = _fuse_model(ref_model, pairs)
-        parity = ModelParity(**compare_outputs(y_ref, fused(inputs)), fused_with=how)
-    return FuseReport(results, parity, threshold, list(hw), method, skipped)
+        parity = ModelParity(**compare_outputs(y_ref, fused(*args)), fused_with=how)
+    return FuseReport(results, parity, threshold, list(hw), method, skipped, [list(a.shape) for a in args])

@@ -7,7 +7,7 @@ import json
 import click
 
 from exporter.cli._help import Command
-from exporter.cli._options import IMG, load_from_cli, model_options
+from exporter.cli._options import IMG, input_shape_option, input_shapes_from_cli, load_from_cli, model_options
 
 DEFAULT_THRESHOLD = 1e-5  # kept equal to exporter.analysis.fuse_check.DEFAULT_THRESHOLD (no torch import here)
 
@@ -19,6 +19,7 @@ def _shape(s: list[int]) -> str:
 EXAMPLES = (
     'yexport fuse-check yolov5s',
     'yexport fuse-check yolov5s-v5.0 --img 320 --json',
+    'yexport fuse-check mymodel.py:build --input-shape 1,3,64,64',
 )
 
 
@@ -27,6 +28,7 @@ EXAMPLES = (
 @click.argument("model", required=False, default="yolov5s")
 @model_options
 @click.option("--img", type=IMG, default="640", show_default=True, help="Image size H or H,W of the seeded input.")
+@input_shape_option
 @click.option("--threshold", type=click.FloatRange(min=0), default=DEFAULT_THRESHOLD, show_default=True,
               help="Largest relative error ||y - y_fused|| / ||y|| allowed per Conv+BN pair.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
@@ -40,9 +42,14 @@ def fuse_check(model: str, cfg: str | None, nc: int | None, seed: int, trust_che
     Exits 1 when a pair is above --threshold or the whole model is out of tolerance.
     """
     from exporter.analysis.fuse_check import fuse_check as run_check
+    from exporter.analysis.generic import is_yolo
+    from exporter.errors import ConfigError
 
     lm = load_from_cli(model, cfg, nc, seed, trust_checkpoint)
-    report = run_check(lm.model, img, threshold, seed=seed)
+    specs = input_shapes_from_cli()
+    if specs and is_yolo(lm.model):
+        raise ConfigError("--input-shape is for models other than YOLO; give a YOLO model's size with --img")
+    report = run_check(lm.model, img, threshold, seed=seed, input_specs=specs)
     if as_json:
         click.echo(json.dumps({"model": lm.describe(), **report.to_dict()}, indent=2))
     else:
@@ -64,9 +71,8 @@ def _print(name: str, report) -> None:
                "(fused by yexport, by torch.nn.utils.fusion); ours-torch: the two fused outputs' relative difference")
     for s in report.skipped:
         click.echo(f"skipped {s}")
-    h, w = report.img
-    click.echo(f"{name}: {len(report.pairs)} Conv+BN pairs (found via {report.method}), "
-               f"seeded input 1x3x{h}x{w}")
+    shapes = ", ".join(_shape(s) for s in report.inputs)
+    click.echo(f"{name}: {len(report.pairs)} Conv+BN pairs (found via {report.method}), seeded input {shapes}")
     worst = report.worst
     if worst is not None:
         failing = [p for p in report.pairs if not p.passed]

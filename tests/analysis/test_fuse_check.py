@@ -147,3 +147,45 @@ def test_cli_default_threshold_matches_library() -> None:
     from exporter.cli import fuse_check as command
 
     assert command.DEFAULT_THRESHOLD == DEFAULT_THRESHOLD
+
+
+TWO_INPUTS = '''
+from torch import nn
+
+
+class Net(nn.Module):
+    """A one-channel input and a per-sample scale: no --img image fits it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+        self.bn.running_mean.uniform_(-1, 1)
+        self.bn.running_var.uniform_(0.5, 2)
+
+    def forward(self, x, scale):
+        return self.bn(self.conv(x)) * scale
+
+
+def build():
+    return Net()
+'''
+
+
+def test_cli_input_shape_for_a_factory_model(invoke, tmp_path) -> None:
+    path = tmp_path / "twoinputs.py"
+    path.write_text(TWO_INPUTS)
+    r = invoke("fuse-check", f"{path}:build", "--input-shape", "2,1,16,16", "--input-shape", "2,1,1,1", "--json")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["inputs"] == [[2, 1, 16, 16], [2, 1, 1, 1]] and d["method"] == "torch.fx"
+    assert [(p["conv"], p["bn"], p["input_shape"]) for p in d["pairs"]] == [("conv", "bn", [2, 1, 16, 16])]
+    assert d["passed"] is True and d["whole_model"]["outputs"] == 1
+    r = invoke("fuse-check", f"{path}:build", "--input-shape", "2,1,16,16", "--input-shape", "2,1,1,1")
+    assert r.exit_code == 0 and "seeded input 2x1x16x16, 2x1x1x1" in r.stdout, r.output
+    # without it the seeded 3-channel image does not fit the model, and a YOLO model takes --img instead
+    r = invoke("fuse-check", f"{path}:build", "--img", "32")
+    assert r.exit_code == 2 and "forward failed on the seeded input 1x3x32x32" in r.output
+    assert "--input-shape" in r.output.strip().splitlines()[-1]
+    r = invoke("fuse-check", "yolov5n", "--input-shape", "1,3,64,64")
+    assert r.exit_code == 2 and "--input-shape is for models other than YOLO" in r.output
