@@ -1,8 +1,17 @@
-"""Export options: one frozen dataclass with real defaults, named variants, YAML config loading."""
+"""Export options: one frozen dataclass with real defaults, named variants, YAML config loading.
+
+This is the one options model. Each field declares, beside its default, how it is written on the
+command line (:func:`option`: flag names, help, group of ``--help``, lower bound, parser); the click
+options of ``yexport export`` and ``yexport check`` are generated from it (``exporter.cli._options``),
+so a new option is one field. :class:`ParityOptions` holds the parity options shared by ``export``,
+``check`` and :func:`exporter.check_parity`; :class:`ExportOptions` extends it with the graph options.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -14,6 +23,98 @@ Dynamic = Literal["batch", "all"]
 Head = Literal["decode", "raw"]
 HalfIO = Literal["float16", "float32"]
 INPUT_DTYPES = ("float32", "float16", "float64", "int64", "int32", "bool")
+MAX_IMG = 8192  # the largest --img side: beyond it one input tensor alone is gigabytes
+
+
+@dataclass(frozen=True)
+class Flag:
+    """How one option field is written on the command line. The field's default is the flag's default;
+    the click type follows from the field's type (bool: a switch, or a pair with ``/``; a Literal: its
+    choices; int/float: a number, at least ``minimum``; tuple[str, ...]: a comma-separated list)
+    unless ``parse`` is given."""
+
+    decls: tuple[str, ...]  # "--keep-bn/--fuse-bn", or "--img", "--imgsz"
+    help: str
+    group: str = "Graph"  # the section of --help
+    metavar: str | None = None
+    minimum: float | None = None  # refused below it on the command line
+    flag_value: str | None = None  # the value of the bare flag (--dynamic means 'all')
+    switch: tuple[Any, Any] | None = None  # a --on/--off pair for a non-bool field: (value on, value off)
+    parse: Callable[[str], Any] | None = None  # one typed value -> the field's value; ValueError is refused
+    text: Callable[[Any], str] | None = None  # the field's value as typed (the default shown in --help)
+    multiple: bool = False  # repeatable; the values reach ``collect`` as a tuple
+    collect: Callable[[Any], dict[str, Any]] | None = None  # the flag's value -> field values (default: this field)
+    folder: bool = False  # a path to a folder
+    dest: str | None = None  # the click parameter (and YEXPORT_* variable) name when it is not the field's
+
+
+def option(default: Any, *decls: str, help: str, **how: Any) -> Any:
+    """A dataclass field whose command-line flag is declared with it (see :class:`Flag`)."""
+    meta = {"cli": Flag(decls, help, **how)}
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def set_by(default: Any, flag: str | None) -> Any:
+    """A field with no flag of its own: filled from ``flag``, an option the command shares with other
+    commands (--seed, --input-shape), or None for a library-only field."""
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata={"cli": flag})
+    return field(default=default, metadata={"cli": flag})
+
+
+def flag_of(f: dataclasses.Field[Any]) -> Flag | None:
+    cli = f.metadata.get("cli")
+    return cli if isinstance(cli, Flag) else None
+
+
+def parse_names(value: str) -> tuple[str, ...]:
+    """'cpu,cuda' -> ('cpu', 'cuda'); an empty value is (), a list of nothing (',') is refused."""
+    items = tuple(v.strip() for v in str(value or "").split(",") if v.strip())
+    if not items and value and str(value).strip():
+        raise ValueError(f"{value!r} is an empty list: give comma-separated names, e.g. cpu,cuda")
+    return items
+
+
+def parse_img(value: Any) -> tuple[int, int]:
+    """``640`` (square) or ``640,480`` / ``640x480`` (height, width)."""
+    if isinstance(value, tuple):
+        return value
+    parts = str(value).lower().replace("x", ",").split(",")
+    try:
+        sizes = [int(p) for p in parts if p.strip()]
+    except ValueError:
+        raise ValueError(f"{value!r} is not a size: give H or H,W (e.g. 640 or 640,480)") from None
+    if len(sizes) not in (1, 2) or min(sizes) < 32:
+        raise ValueError(f"{value!r}: give one or two sizes of at least 32 (H or H,W)")
+    if max(sizes) > MAX_IMG:
+        raise ValueError(f"{value!r}: sizes are at most {MAX_IMG}")
+    return (sizes[0], sizes[-1])
+
+
+def img_text(img: tuple[int, int]) -> str:
+    return str(img[0]) if img[0] == img[1] else f"{img[0]},{img[1]}"
+
+
+def parse_tolerance(value: str) -> tuple[str, float]:
+    """``1e-3`` (all outputs: name '') or ``output0=1e-4`` (one output)."""
+    name, _, num = str(value).rpartition("=")
+    try:
+        x = float(num)
+    except ValueError:
+        raise ValueError(f"{value!r}: give a number or OUTPUT=NUMBER") from None
+    if not math.isfinite(x):
+        raise ValueError(f"{value!r}: a tolerance must be a finite number")
+    if x < 0:
+        raise ValueError(f"{value!r}: tolerances cannot be negative")
+    return name, x
+
+
+def _tolerances(values: tuple[tuple[str, float], ...]) -> dict[str, Any]:
+    """Repeated --atol: the last bare number for every output, OUTPUT=NUMBER per output."""
+    return {"atol": next((x for name, x in reversed(values) if not name), None),
+            "output_atol": {name: x for name, x in values if name}}
 
 
 @dataclass(frozen=True)
@@ -79,40 +180,115 @@ class InputSpec:
 
 
 @dataclass(frozen=True)
-class ExportOptions:
-    """How one ONNX file is made. Each field is a stage switch or a setting of one."""
+class ParityOptions:
+    """How a file is checked against its PyTorch model: the options ``export`` and ``check`` share,
+    and :func:`exporter.check_parity`'s keywords (:meth:`as_kwargs`)."""
 
-    keep_bn: bool | None = None  # None: fuse, except in training mode (which needs BN)
-    training: bool = False
-    int_shapes: bool | None = None  # None: on wherever it is correct (static, dynamic batch), off for dynamic all
-    tidy: bool = True
-    infer_shapes: bool = True
-    simplify: bool = False
-    dynamic: Dynamic | None = None
-    img: tuple[int, int] = (640, 640)
-    batch: int = 1
-    opset: int = 18
-    exporter: Exporter = "auto"
-    head: Head = "decode"
-    half: bool = False  # float16 weights and compute (the half stage)
-    half_io: HalfIO = "float16"  # with half: the file's inputs and outputs; float32 adds Casts at the edges
-    device: str = "cpu"
-    check: bool = True
-    providers: tuple[str, ...] = ("cpu",)
-    require: tuple[str, ...] = ()
+    providers: tuple[str, ...] = option(
+        ("cpu",), "--providers", group="Parity", metavar="TEXT",
+        help="onnxruntime providers to check, comma-separated: cpu, cuda, tensorrt.")
+    require: tuple[str, ...] = option(
+        (), "--require", group="Parity", metavar="TEXT",
+        help="Providers that must really run (e.g. cuda): not running is then a failure instead of a note.")
     # None: the noise-floor rule against a float64 forward (exporter.parity.compare); a number makes the
     # explicit element-wise tolerance the rule
-    atol: float | None = None
-    rtol: float | None = None
-    output_atol: dict[str, float] = field(default_factory=dict)
-    inputs: int | None = None  # None: 2 inputs (1 per shape for dynamic files), or every image of --images
-    images: str | None = None
-    seed: int = 0
-    detections: bool = True  # report detections after NMS beside the verdict
+    atol: float | None = option(
+        None, "--atol", group="Parity", multiple=True, metavar="A|OUT=A", parse=parse_tolerance,
+        collect=_tolerances,
+        help="Replace the default rule by an explicit tolerance |onnx - torch| <= atol + rtol * |torch| "
+             "(rtol default 1e-3), for all outputs or per output: --atol output0=1e-4. Repeatable. "
+             "Default: no fixed tolerance; the error against a float64 forward must stay within a "
+             "few times PyTorch fp32's own.")
+    rtol: float | None = option(
+        None, "--rtol", group="Parity", minimum=0,
+        help="Relative tolerance of the explicit rule (atol default 1e-3 then).")
+    output_atol: dict[str, float] = set_by({}, "--atol")
+    inputs: int | None = option(  # None: 2 inputs (1 per shape for dynamic files), or every image of --images
+        None, "--inputs", group="Parity", minimum=1,
+        help="Inputs per checked shape (default 2, or 1 per shape for dynamic files, or every image of "
+             "--images). Never the capture example.")
+    images: str | None = option(
+        None, "--images", group="Parity", folder=True,
+        help="Check on your own JPEG/PNG images (letterboxed) instead of synthetic ones.")
+    strict: bool = option(  # a degenerate comparison (an output constant on every input) fails the check
+        False, "--strict", group="Parity",
+        help="Fail when a comparison is degenerate: an output that is constant (e.g. all zeros) or empty on "
+             "every input says nothing about the graph.")
+    detections: bool = option(  # report detections after NMS beside the verdict
+        True, "--detections/--no-detections", group="Parity",
+        help="Report detections after NMS (conf 0.25, IoU 0.45) against float64's, beside PyTorch fp32's "
+             "own agreement (information, not the verdict).")
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """The keywords of :func:`exporter.check_parity` these options set."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(ParityOptions)}
+
+    def validate(self) -> ParityOptions:
+        """Refuse unknown providers, no inputs and tolerances that are not finite numbers >= 0; returns self."""
+        if self.inputs is not None and self.inputs < 1:
+            raise ConfigError(f"inputs={self.inputs}: parity needs at least one input")
+        for name, tol in (("atol", self.atol), ("rtol", self.rtol), *self.output_atol.items()):
+            if tol is not None and not (0 <= tol < float("inf")):
+                raise ConfigError(f"{name} {tol}: a tolerance is a finite number >= 0")
+        unknown = [p for p in (*self.providers, *self.require) if p not in PROVIDER_NAMES]
+        if unknown:
+            raise ConfigError(f"unknown provider {unknown[0]!r} (choose from {', '.join(PROVIDER_NAMES)})")
+        return self
+
+
+@dataclass(frozen=True)
+class ExportOptions(ParityOptions):
+    """How one ONNX file is made. Each field is a stage switch or a setting of one."""
+
+    keep_bn: bool | None = option(  # None: fuse, except in training mode (which needs BN)
+        None, "--keep-bn/--fuse-bn",
+        help="Keep every BatchNorm as BatchNormalization(training_mode=0), through the exporter and --simplify; "
+             "or fold it into the convs (default: fuse).")
+    training: bool = option(
+        False, "--training-mode",
+        help="Export with TrainingMode.TRAINING: BatchNorm uses batch statistics (not an inference graph); "
+             "parity is checked against a train-mode forward on a copy.")
+    int_shapes: bool | None = option(  # None: on wherever it is correct (static, dynamic batch), off for dynamic all
+        None, "--int-shapes/--no-int-shapes",
+        help="Read feature-map sizes as Python ints: no Shape/Gather chains, sizes baked in. Default: on where "
+             "exact (static, --dynamic batch), off with --dynamic all (where --int-shapes is refused); "
+             "--no-int-shapes keeps the traced shape arithmetic.")
+    tidy: bool = option(
+        True, "--tidy/--no-tidy",
+        help="Constant folding and clean-up of the captured graph (BatchNorm kept with --keep-bn).")
+    infer_shapes: bool = option(
+        True, "--infer-shapes/--no-infer-shapes", help="ONNX shape inference: a size on every edge.")
+    simplify: bool = option(
+        False, "--simplify", help="Run onnxsim (honours --keep-bn); parity is checked before and after.")
+    dynamic: Dynamic | None = option(
+        None, "--dynamic", flag_value="all",
+        help="Dynamic axes: bare --dynamic (or --dynamic all) for batch, height and width, as YOLOv5 has it; "
+             "--dynamic batch for the batch only.")
+    img: tuple[int, int] = option(
+        (640, 640), "--img", "--imgsz", metavar="H[,W]", parse=parse_img, text=img_text,
+        help="Input size H or H,W (multiples of 32).")
+    batch: int = option(1, "--batch", minimum=1, help="Batch size of the example.")
+    opset: int = option(18, "--opset", help="ONNX opset; the file gets exactly this one.")
+    exporter: Exporter = option(
+        "auto", "--exporter",
+        help="torch exporter; auto: TorchScript where this torch has it (the same graph as dynamo after tidy, "
+             "captured ~10x faster, honours training mode), else dynamo.")
+    half: bool = option(  # float16 weights and compute (the half stage)
+        False, "--half",
+        help="float16 weights and compute (works with --dynamic, --keep-bn, --simplify, both exporters, on CPU "
+             "too); checked against PyTorch's own float16 noise.")
+    half_io: HalfIO = option(  # with half: the file's inputs and outputs; float32 adds Casts at the edges
+        "float16", "--half-io",
+        help="With --half: the type of the file's inputs and outputs (float32 adds Casts at the edges).")
+    head: Head = option(
+        "decode", "--raw-head/--decode", switch=("raw", "decode"), dest="raw_head",
+        help="Detect output: the raw per-level maps, or the decoded (bs, N, nc+5) tensor (default).")
+    device: str = option("cpu", "--device", help="cpu, cuda or cuda:N for capture and reference.")
+    check: bool = option(True, "--check/--no-check", group="Parity", help="Check parity against PyTorch.")
+    seed: int = set_by(0, "--seed")  # synthetic weights and parity inputs
     # the example inputs of a model that is not a YOLO image model (--input-shape); () means one image
     # batch (batch, 3, *img)
-    input_shapes: tuple[InputSpec, ...] = ()
-    strict: bool = False  # a degenerate comparison (an output constant on every input) fails the check
+    input_shapes: tuple[InputSpec, ...] = set_by((), "--input-shape")
 
     @property
     def fuse_bn(self) -> bool:
@@ -174,18 +350,11 @@ class ExportOptions:
                               "or drop --int-shapes")
         if not self.input_shapes and (self.img[0] % 32 or self.img[1] % 32):
             raise ConfigError(f"--img {self.img[0]},{self.img[1]}: sizes must be multiples of 32 (the largest stride)")
-        if self.inputs is not None and self.inputs < 1:
-            raise ConfigError(f"inputs={self.inputs}: parity needs at least one input")
-        for name, tol in (("atol", self.atol), ("rtol", self.rtol), *self.output_atol.items()):
-            if tol is not None and not (0 <= tol < float("inf")):
-                raise ConfigError(f"{name} {tol}: a tolerance is a finite number >= 0")
         if self.batch < 1:
             raise ConfigError("--batch must be at least 1")
         if not 7 <= self.opset <= 23:
             raise ConfigError(f"--opset {self.opset}: choose an opset between 7 and 23")
-        unknown = [p for p in (*self.providers, *self.require) if p not in PROVIDER_NAMES]
-        if unknown:
-            raise ConfigError(f"unknown provider {unknown[0]!r} (choose from {', '.join(PROVIDER_NAMES)})")
+        ParityOptions.validate(self)
         return self
 
     def describe(self) -> dict[str, Any]:

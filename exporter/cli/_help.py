@@ -2,8 +2,9 @@
 at the end, and full one-line command summaries in ``yexport --help``.
 
 Plain click (no help library): ``Command`` is a ``click.Command`` that takes ``examples`` (lines shown
-under "Examples") and ``sections`` (group title -> parameter names). Parameters not named in a
-section fall into the shared groups below (model, parity) or "Options".
+under "Examples") and ``sections`` (group title -> parameter names, in the order shown). Parameters not
+named in a section fall into the group their field declares in the options model (exporter/options.py),
+the shared model group below, or "Options".
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from typing import Any
 import click
 
 MODEL_OPTIONS = ("cfg", "nc", "seed", "trust_checkpoint")
-PARITY_OPTIONS = ("providers", "require", "atol", "rtol", "inputs", "images", "detections", "strict")
-SHARED_SECTIONS: dict[str, tuple[str, ...]] = {"Model": MODEL_OPTIONS, "Parity": PARITY_OPTIONS}
+# the parity options name their group in the options model; the title here fixes its place
+SHARED_SECTIONS: dict[str, tuple[str, ...]] = {"Model": MODEL_OPTIONS, "Parity": ()}
 CONTEXT = {"show_default": True, "max_content_width": 120, "help_option_names": ["-h", "--help"]}
 
 
@@ -49,8 +50,8 @@ class Command(click.Command):
             rec = p.get_help_record(ctx)
             if rec is None:
                 continue
-            group = placed.get(p.name or "")
-            (groups[group] if group else other).append(rec)
+            group = placed.get(p.name or "") or getattr(p, "group", "")
+            (groups.setdefault(group, []) if group else other).append(rec)
         out = [(t, rows) for t, rows in groups.items() if rows]
         if other:
             out.append(("Options", other))

@@ -1,17 +1,21 @@
-"""Options shared by the commands that take a MODEL (a built-in name, a YAML config or a checkpoint)."""
+"""Options shared by the commands that take a MODEL (a built-in name, a YAML config or a checkpoint), and the
+click options generated from the options model (exporter/options.py: :func:`options_from`, :func:`values_from`)."""
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import os
+import types
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
+from exporter.options import ExportOptions, Flag, ParityOptions, flag_of, parse_img, parse_names
+
 F = Callable[..., Any]
-MAX_IMG = 8192  # the largest --img side: beyond it one input tensor alone is gigabytes
 
 
 def _trust_from_command_line(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
@@ -117,86 +121,115 @@ def input_shapes_from_cli() -> tuple[Any, ...]:
     return tuple(_meta("input_shapes", ()) or ())
 
 
-class ImageSize(click.ParamType):
-    """``--img 640`` (square) or ``--img 640,480`` / ``--img 640x480`` (height, width)."""
+class Parsed(click.ParamType):
+    """A click type from a plain parser of the options model (ValueError: refused with its message)."""
 
-    name = "H[,W]"
+    def __init__(self, parse: Callable[[Any], Any], name: str) -> None:
+        self.parse = parse
+        self.name = name
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[int, int]:
-        if isinstance(value, tuple):
-            return value
-        parts = str(value).lower().replace("x", ",").split(",")
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         try:
-            sizes = [int(p) for p in parts if p.strip()]
-        except ValueError:
-            self.fail(f"{value!r} is not a size: give H or H,W (e.g. 640 or 640,480)", param, ctx)
-        if len(sizes) not in (1, 2) or min(sizes) < 32:
-            self.fail(f"{value!r}: give one or two sizes of at least 32 (H or H,W)", param, ctx)
-        if max(sizes) > MAX_IMG:
-            self.fail(f"{value!r}: sizes are at most {MAX_IMG}", param, ctx)
-        return (sizes[0], sizes[-1])
+            return self.parse(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
-IMG = ImageSize()
+IMG = Parsed(parse_img, "H[,W]")
 
 
 def split_list(value: str | None) -> tuple[str, ...]:
     """'cpu,cuda' -> ('cpu', 'cuda'); an empty value is (), a list of nothing (',') is refused."""
-    items = tuple(v.strip() for v in (value or "").split(",") if v.strip())
-    if not items and value and value.strip():
-        raise click.BadParameter(f"{value!r} is an empty list: give comma-separated names, e.g. cpu,cuda")
-    return items
+    try:
+        return parse_names(value or "")
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
-def parse_atol(values: tuple[str, ...], default: float | None = None) -> tuple[float | None, dict[str, float]]:
-    """``--atol 1e-3`` (all outputs) and ``--atol output0=1e-4`` (one output), repeatable."""
-    atol = default
-    per: dict[str, float] = {}
-    for v in values:
-        name, _, num = v.rpartition("=")
-        try:
-            x = float(num)
-        except ValueError:
-            raise click.BadParameter(f"{v!r}: give a number or OUTPUT=NUMBER", param_hint="--atol") from None
-        if not math.isfinite(x):
-            raise click.BadParameter(f"{v!r}: a tolerance must be a finite number", param_hint="--atol")
-        if x < 0:
-            raise click.BadParameter(f"{v!r}: tolerances cannot be negative", param_hint="--atol")
-        if name:
-            per[name] = x
+def _click_option(f: dataclasses.Field[Any], hint: Any, flag: Flag) -> click.Option:
+    """The click option of one field, its type and default from the field (see :class:`Flag`)."""
+    kinds = [t for t in typing.get_args(hint) if t is not type(None)] if typing.get_origin(hint) in (
+        typing.Union, types.UnionType) else [hint]
+    kind = kinds[0]
+    default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[operator]
+    kw: dict[str, Any] = {"help": flag.help, "metavar": flag.metavar, "multiple": flag.multiple}
+    if flag.switch is not None:
+        default = default == flag.switch[0]
+    elif flag.parse is not None:
+        kw["type"] = Parsed(flag.parse, flag.metavar or "text")
+    elif kind is bool and "/" not in flag.decls[0]:
+        kw["is_flag"] = True
+    elif typing.get_origin(kind) is typing.Literal:
+        kw["type"] = click.Choice(typing.get_args(kind))
+    elif kind in (int, float):
+        kw["type"] = kind if flag.minimum is None else (
+            click.IntRange(min=int(flag.minimum)) if kind is int else click.FloatRange(min=flag.minimum))
+    elif typing.get_origin(kind) is tuple:
+        kw["type"] = Parsed(parse_names, flag.metavar or "text")
+    elif flag.folder:
+        kw["type"] = click.Path(file_okay=False)
+    if flag.flag_value is not None:
+        kw.update(is_flag=False, flag_value=flag.flag_value)
+    if flag.multiple:
+        default = None
+    elif flag.text is not None:
+        default = flag.text(default)
+    elif isinstance(default, tuple):
+        default = ",".join(default)
+    option = ModelOption([*flag.decls, flag.dest or f.name], default=default, **kw)
+    option.group, option.field = flag.group, f.name
+    return option
+
+
+class ModelOption(click.Option):
+    """A click option generated from a field of the options model; ``group`` places it in ``--help``."""
+
+    group: str = ""
+    field: str = ""
+
+
+def cli_fields(cls: type) -> list[dataclasses.Field[Any]]:
+    """The fields of ``cls`` that have a flag: its own first, then those it inherits (the shared parity
+    options come after the graph options in ``yexport export``)."""
+    inherited = {f.name for base in cls.__mro__[1:] if dataclasses.is_dataclass(base) for f in dataclasses.fields(base)}
+    fields = [f for f in dataclasses.fields(cls) if flag_of(f) is not None]
+    return [f for f in fields if f.name not in inherited] + [f for f in fields if f.name in inherited]
+
+
+def options_from(cls: type) -> Callable[[F], F]:
+    """A decorator adding one click option per field of ``cls`` that has a flag, in :func:`cli_fields` order."""
+    hints = typing.get_type_hints(cls)
+
+    def decorate(f: F) -> F:
+        for fld in reversed(cli_fields(cls)):
+            flag = flag_of(fld)
+            assert flag is not None
+            option = _click_option(fld, hints[fld.name], flag)
+            f.__click_params__ = [*getattr(f, "__click_params__", []), option]  # type: ignore[attr-defined]
+        return f
+
+    return decorate
+
+
+def values_from(cls: type, params: dict[str, Any]) -> dict[str, Any]:
+    """The field values of ``cls`` given by the click parameters :func:`options_from` added (taken out of
+    ``params``, which keeps the command's own)."""
+    out: dict[str, Any] = {}
+    for fld in cli_fields(cls):
+        flag = flag_of(fld)
+        assert flag is not None
+        value = params.pop(flag.dest or fld.name)
+        if flag.collect is not None:
+            out.update(flag.collect(value))
+        elif flag.switch is not None:
+            out[fld.name] = flag.switch[0] if value else flag.switch[1]
         else:
-            atol = x
-    return atol, per
+            out[fld.name] = value
+    return out
 
 
-def parity_options(f: F) -> F:
-    """Adds the parity options shared by ``export`` and ``check``."""
-    for opt in reversed([
-        click.option("--providers", default="cpu", show_default=True,
-                      help="onnxruntime providers to check, comma-separated: cpu, cuda, tensorrt."),
-        click.option("--require", default="", help="Providers that must really run (e.g. cuda): "
-                     "not running is then a failure instead of a note."),
-        click.option("--atol", multiple=True, metavar="A|OUT=A",
-                     help="Replace the default rule by an explicit tolerance |onnx - torch| <= atol + rtol * |torch| "
-                          "(rtol default 1e-3), for all outputs or per output: --atol output0=1e-4. Repeatable. "
-                          "Default: no fixed tolerance; the error against a float64 forward must stay within a "
-                          "few times PyTorch fp32's own."),
-        click.option("--rtol", type=click.FloatRange(min=0), default=None,
-                     help="Relative tolerance of the explicit rule (atol default 1e-3 then)."),
-        click.option("--inputs", type=click.IntRange(min=1), default=None,
-                     help="Inputs per checked shape (default 2, or 1 per shape for dynamic files, or every "
-                          "image of --images). Never the capture example."),
-        click.option("--images", type=click.Path(file_okay=False), default=None,
-                     help="Check on your own JPEG/PNG images (letterboxed) instead of synthetic ones."),
-        click.option("--strict", is_flag=True, default=False,
-                     help="Fail when a comparison is degenerate: an output that is constant (e.g. all zeros) "
-                          "or empty on every input says nothing about the graph."),
-        click.option("--detections/--no-detections", default=True, show_default=True,
-                     help="Report detections after NMS (conf 0.25, IoU 0.45) against float64's, beside "
-                          "PyTorch fp32's own agreement (information, not the verdict)."),
-    ]):
-        f = opt(f)
-    return f
+parity_options = options_from(ParityOptions)  # the parity options of ``check`` (and the library's check_parity)
+export_options = options_from(ExportOptions)  # every option of ``export`` with a flag, the parity ones last
 
 
 def load_config_defaults(ctx: click.Context, param: click.Parameter, value: str | None) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
 from exporter.cli._help import Command
-from exporter.cli._options import load_from_cli, model_options, parity_options, parse_atol, split_list
+from exporter.cli._options import load_from_cli, model_options, parity_options, split_list, values_from
+from exporter.options import ParityOptions
 
 
 def _parse_shapes(value: str | None) -> list[tuple[int, ...]] | None:
@@ -62,9 +64,8 @@ EXAMPLES = (
                    "(0 on a deterministic provider).")
 @model_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def check(file: str, against: str | None, providers: str, require: str, atol: tuple[str, ...], rtol: float | None,
-          inputs: int | None, images: str | None, strict: bool, detections: bool, shapes: str | None, device: str, repeat: int,
-          cfg: str | None, nc: int | None, seed: int, trust_checkpoint: bool, as_json: bool) -> None:
+def check(file: str, against: str | None, shapes: str | None, device: str, repeat: int,
+          cfg: str | None, nc: int | None, seed: int, trust_checkpoint: bool, as_json: bool, **flags: Any) -> None:
     """Check FILE.onnx against its PyTorch model on onnxruntime providers.
 
     The truth is the model's float64 forward; the file passes when its error against it stays within a
@@ -74,22 +75,15 @@ def check(file: str, against: str | None, providers: str, require: str, atol: tu
     input error.
     """
     from exporter.errors import ConfigError
-    from exporter.options import PROVIDER_NAMES
     from exporter.parity import check_parity
 
-    provs, req = split_list(providers), split_list(require)
-    bad = [p for p in (*provs, *req) if p not in PROVIDER_NAMES]
-    if bad:
-        raise ConfigError(f"unknown provider {bad[0]!r} (choose from {', '.join(PROVIDER_NAMES)})")
-    a, per_output = parse_atol(atol)
+    parity = ParityOptions(**values_from(ParityOptions, flags)).validate()
     target = against or _against_from_metadata(file)
     if target is None:
         raise ConfigError(f"{file}: no model to compare with: give --against MODEL")
     source = load_from_cli(target, cfg, nc, seed, trust_checkpoint)
-    report = check_parity(file, source.model, providers=provs, require=req, shapes=_parse_shapes(shapes),
-                          inputs=inputs, images=images, atol=a, rtol=rtol, output_atol=per_output, seed=seed,
-                          device=device, detections=detections, repeat=repeat,
-                          strict=strict)
+    report = check_parity(file, source.model, **parity.as_kwargs(), shapes=_parse_shapes(shapes), seed=seed,
+                          device=device, repeat=repeat)
     if as_json:
         click.echo(json.dumps({"file": file, "against": target, **report.to_dict()}, indent=2))
     else:

@@ -6,12 +6,18 @@ that nothing was written.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import re
 from pathlib import Path
+from typing import Any
 
+import click
 import pytest
 
+from exporter.cli._options import options_from, values_from
 from exporter.errors import ConfigError
-from exporter.options import VARIANTS, ExportOptions, variant_options
+from exporter.options import VARIANTS, ExportOptions, ParityOptions, flag_of, option, variant_options
 from tests.pipeline.conftest import Exported, check_written, one_line_error, usage_error, yexport
 
 
@@ -165,3 +171,126 @@ def test_img_must_be_a_multiple_of_the_models_largest_stride(tmp_path: Path) -> 
     r = yexport("export", "yolov5n6", "--img", "672", "-o", tmp_path)
     one_line_error(r, "largest stride is 64")
     assert not list(tmp_path.glob("*.onnx"))
+
+
+# ------------------------------------------------------------------ the options model makes the flags
+
+
+def _help_rows(cmd: str) -> dict[tuple[str, ...], tuple[str, str]]:
+    """``yexport CMD --help`` as {option names of a row: (its section, its text on one line)}."""
+    r = yexport(cmd, "--help")
+    assert r.exit_code == 0, r.output
+    rows: dict[tuple[str, ...], tuple[str, str]] = {}
+    section, key = "", None
+    for line in r.stdout.splitlines():
+        if line and not line.startswith(" "):
+            section, key = line.rstrip(":"), None
+        elif re.match(r"^  -", line):
+            term, _, text = line.strip().partition("  ")
+            key = tuple(re.findall(r"--?[\w-]+", term))
+            rows[key] = (section, text.strip())
+        elif key is not None:
+            rows[key] = (rows[key][0], f"{rows[key][1]} {line.strip()}".strip())
+    return rows
+
+
+def _shown_default(f: dataclasses.Field) -> str | None:
+    """What ``[default: ...]`` should say for a field, from its default alone (None: nothing shown)."""
+    flag = flag_of(f)
+    assert flag is not None
+    value = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+    pair = flag.decls[0].split("/")
+    if flag.switch is not None:  # --raw-head/--decode: the flag whose value is the default
+        return pair[flag.switch.index(value)].lstrip("-")
+    if value is None or value is False or flag.multiple:
+        return None
+    if value is True:
+        return pair[0].lstrip("-")
+    if f.name == "img":
+        return "640" if value == (640, 640) else ",".join(map(str, value))
+    if isinstance(value, tuple):
+        return ",".join(value) or '""'
+    return str(value)
+
+
+@pytest.mark.parametrize(("cmd", "model"), [("export", ExportOptions), ("check", ParityOptions)])
+def test_every_option_field_is_a_flag_with_its_default(cmd: str, model: type) -> None:
+    rows = _help_rows(cmd)
+    seen = 0
+    for f in dataclasses.fields(model):
+        assert "cli" in f.metadata, f"{f.name}: declare its flag (option(...)) or what sets it (set_by(...))"
+        flag = flag_of(f)
+        if flag is None:  # set by an option shared with other commands (--seed, --input-shape, --atol)
+            assert f.metadata["cli"] is None or any(f.metadata["cli"] in k for k in rows), f.name
+            continue
+        names = tuple(n for d in flag.decls for n in d.split("/"))
+        assert names in rows, f"{f.name}: {names} not in {cmd} --help"
+        section, text = rows[names]
+        assert section == flag.group or cmd == "check", (f.name, section)
+        assert " ".join(flag.help.split()) in text
+        default = _shown_default(f)
+        shown = re.search(r"\[default: ([^;\]]*)", text)
+        assert (shown.group(1) if shown else None) == default, (f.name, text)
+        seen += 1
+    assert seen >= (20 if model is ExportOptions else 8)
+
+
+def test_no_flags_give_the_models_defaults_and_flags_reach_their_fields() -> None:
+    from exporter.cli.check import check
+    from exporter.cli.export import export
+
+    def parsed(*args: str) -> ExportOptions:
+        ctx = export.make_context("export", ["yolov5n", *args])
+        return ExportOptions(**values_from(ExportOptions, dict(ctx.params)))
+
+    assert parsed() == ExportOptions()
+    ctx = check.make_context("check", ["m.onnx"])
+    assert ParityOptions(**values_from(ParityOptions, dict(ctx.params))) == ParityOptions()
+    o = parsed("--raw-head", "--dynamic", "--imgsz", "320,256", "--fuse-bn", "--no-int-shapes", "--atol", "1e-2",
+               "--atol", "output0=3", "--providers", "cpu,cuda", "--half", "--half-io", "float32", "--no-detections")
+    assert (o.head, o.dynamic, o.img, o.keep_bn, o.int_shapes) == ("raw", "all", (320, 256), False, False)
+    assert (o.atol, o.output_atol, o.providers) == (0.01, {"output0": 3.0}, ("cpu", "cuda"))
+    assert (o.half, o.half_io, o.detections) == (True, "float32", False)
+    assert parsed("--dynamic", "batch", "--decode", "--keep-bn").replace() == ExportOptions(
+        dynamic="batch", keep_bn=True)
+
+
+def test_a_new_field_is_a_new_flag() -> None:
+    """A copy of the model with one more field gets one more flag, its default, bound and group."""
+    from click.testing import CliRunner
+
+    from exporter.cli._help import Command
+
+    extended = dataclasses.make_dataclass("Extended", [
+        ("strip_docs", bool, option(False, "--strip-docs", help="Drop every doc_string.")),
+        ("level", int, option(3, "--level", minimum=1, group="Parity", help="How hard.")),
+    ], bases=(ExportOptions,), frozen=True)
+    seen: list[Any] = []
+
+    @click.command(cls=Command, sections={"Graph": (), "Parity": ()})
+    @options_from(extended)
+    def cmd(**flags: Any) -> None:
+        seen.append(extended(**values_from(extended, flags)))
+
+    text = CliRunner().invoke(cmd, ["--help"], terminal_width=200).output
+    graph, parity = text.split("\nParity:")
+    assert re.search(r"--strip-docs +Drop every doc_string\.\n", graph)
+    assert re.search(r"--level INTEGER RANGE +How hard\. \[default: 3; x>=1\]", parity)
+    assert "--keep-bn / --fuse-bn" in graph and "--providers" in parity
+    assert CliRunner().invoke(cmd, ["--strip-docs", "--level", "5", "--raw-head"]).exit_code == 0
+    assert (seen[-1].strip_docs, seen[-1].level, seen[-1].head) == (True, 5, "raw")
+    assert CliRunner().invoke(cmd, []).exit_code == 0
+    assert (seen[-1].strip_docs, seen[-1].level) == (False, 3)
+    r = CliRunner().invoke(cmd, ["--level", "0"])
+    assert r.exit_code == 2 and "0 is not in the range x>=1" in r.output
+
+
+def test_check_parity_takes_the_parity_options_defaults() -> None:
+    """The library's check_parity keywords are ParityOptions' fields with the same defaults."""
+    from exporter.parity import check_parity
+
+    params = inspect.signature(check_parity).parameters
+    for f in dataclasses.fields(ParityOptions):
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+        assert f.name in params, f.name
+        assert (params[f.name].default or type(default)()) == (default or type(default)()), f.name
