@@ -13,6 +13,7 @@ sessions), ``compare`` (the rule), ``detections`` (NMS agreement, information on
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +67,8 @@ def compare_with(onnx_model: Any, ref: Reference, *, providers: tuple[str, ...] 
     from exporter import progress
     from exporter.parity.runtime import run
 
-    data = _as_bytes(onnx_model)
-    proto = _structure(data)
+    opened = _open(onnx_model)
+    data, proto = opened.data, opened.proto
     output_atol = dict(output_atol or {})
     out_names = [o.name for o in proto.graph.output]
     unknown = sorted(set(output_atol) - set(out_names))
@@ -235,8 +236,8 @@ def check_parity(
     against a fused copy). Returns a :class:`ParityReport` (truthy on pass)."""
     if inputs is not None and inputs < 1:
         raise ConfigError(f"inputs={inputs}: parity needs at least one input")
-    data = _as_bytes(onnx_model)
-    proto = _structure(data)
+    opened = _open(onnx_model)
+    proto = opened.proto
     meta = {p.key: p.value for p in proto.metadata_props}
     if training is None:
         training = meta.get("yexport.training") == "1"
@@ -248,32 +249,35 @@ def check_parity(
     ref = build_reference(model, shapes or default_shapes(proto), inputs=inputs, images=images, training=training,
                           head=head, seed=seed, device=device, exported=exported, truth=not explicit,
                           precision=file_precision(proto), cuda_floor="cuda" in (*providers, *require))
-    return compare_with(data, ref, providers=providers, require=require, atol=atol, rtol=rtol,
+    return compare_with(opened, ref, providers=providers, require=require, atol=atol, rtol=rtol,
                         output_atol=output_atol, model=model, detections=detections, repeat=repeat, strict=strict)
 
 
-def _as_bytes(model: Any) -> bytes | str:
-    """The model as onnxruntime opens it: bytes, or for a file whose weights are external data its path
-    (onnxruntime reads the data itself; one protobuf could not hold it), checked by the guarded loader."""
-    if isinstance(model, bytes):
+@dataclass(frozen=True)
+class _Opened:
+    """A graph as onnxruntime opens it (``data``: bytes, or the path of a file whose weights are external
+    data: onnxruntime reads those itself, one protobuf could not hold them) and its parsed structure
+    (``proto``; without the external weights): parsed once, however many comparisons use it."""
+
+    data: bytes | str
+    proto: Any
+
+
+def _open(model: Any) -> _Opened:
+    """``model`` (bytes, path or ModelProto) parsed once; a path goes through the guarded loader (missing,
+    FIFO, directory, corrupt: one-line input errors; every external reference checked: folder, sizes)."""
+    import onnx
+
+    if isinstance(model, _Opened):
         return model
+    if isinstance(model, bytes):
+        return _Opened(model, onnx.load_from_string(model))
     if isinstance(model, (str, Path)):
         from exporter.graph.load import load_onnx
 
         p = Path(model)
-        proto = load_onnx(p, load_weights=False)  # missing, FIFO, directory, corrupt: one-line input errors  # every external reference checked (folder, sizes)
+        proto = load_onnx(p, load_weights=False)
         if any(t.data_location == 1 for t in proto.graph.initializer):  # TensorProto.EXTERNAL
-            return str(p)
-        return proto.SerializeToString()
-    return model.SerializeToString()
-
-
-def _structure(data: bytes | str) -> Any:
-    """The ModelProto of what :func:`_as_bytes` gave, without the external weights for a path."""
-    import onnx
-
-    if isinstance(data, str):
-        from exporter.graph.load import load_onnx
-
-        return load_onnx(data, load_weights=False)
-    return onnx.load_from_string(data)
+            return _Opened(str(p), proto)
+        return _Opened(proto.SerializeToString(), proto)
+    return _Opened(model.SerializeToString(), model)
