@@ -3,7 +3,9 @@
 PyPI's torchvision wheels are CUDA builds whose ``_C.so`` cannot load next to the CPU torch wheel, and
 ``import torchvision`` then fails registering fake kernels for ops that were never defined
 (``operator torchvision::nms does not exist``). timm imports torchvision for a few helpers; defining the
-two op schemas first (no kernels: nothing here calls them) lets both import. Used by the tests and by
+two op schemas first (no kernels: nothing here calls them) lets both import. torchvision's detection
+models import the same way: the network part that ``--raw-head`` exports never calls ``nms`` (a whole
+SSD does, and its capture then fails on the kernel-less op). Used by the tests and by
 ``bench/generic_models.py``; nothing in ``exporter/`` imports torchvision or timm.
 """
 

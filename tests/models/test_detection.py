@@ -225,6 +225,18 @@ def test_a_whole_export_that_fails_names_the_post_processing_and_the_switch(dete
     assert "data-dependent" in line and "TinySSD.postprocess_detections" in line and "--raw-head" in line
 
 
+def test_a_whole_export_that_captures_carries_a_note(detectors: Path, tmp_path: Path) -> None:
+    """TorchScript traces the post-processing with the example's branch baked in: the file says so."""
+    from exporter.api import export
+
+    torch.manual_seed(0)
+    (result,) = export(_module(detectors)["ssd"]().eval(), out_dir=tmp_path, img=(64, 64), exporter="torchscript",
+                       check=False)
+    note = next(n for n in result.notes if "post-processing" in n)
+    assert "TinySSD.postprocess_detections" in note and "--raw-head" in note
+    assert result.tracer_warnings
+
+
 @pytest.mark.slow
 def test_torchvision_ssdlite_network_part(tmp_path: Path) -> None:
     """The real torchvision SSDlite (random weights), its ops stubbed (tests/timm_models.py): the network
