@@ -172,6 +172,25 @@ def fused_copy(model: Any) -> Any | None:
     return m
 
 
+def _truth(ref: Any, cases: list[Case], dtype: Any) -> str:
+    """The float64 forward of ``ref`` (cast in place, on the CPU) for every case; '' when it ran, else why not
+    (then no case has a truth)."""
+    import torch
+
+    try:
+        ref = ref.cpu().to(dtype)
+    except Exception as exc:  # a module that cannot be cast
+        return f"the model cannot be cast to float64: {first_line(exc)}"
+    for c in cases:
+        try:
+            c.f64 = _forward(ref, c.feeds, dtype, torch.device("cpu"))
+        except Exception as exc:  # an op without a float64 kernel
+            for d in cases:
+                d.f64 = None
+            return f"the model cannot run in float64: {first_line(exc)}"
+    return ""
+
+
 def build_reference(model: Any, shapes: list[tuple[int, ...]], *, inputs: int | None = None,
                     images: str | None = None, training: bool = False, head: str = "decode", seed: int = 0,
                     device: str = "cpu", exported: Any = None, truth: bool = True,
@@ -179,8 +198,8 @@ def build_reference(model: Any, shapes: list[tuple[int, ...]], *, inputs: int | 
     """Forwards of ``model`` for every parity input: the noise floor in the file's ``precision`` (fp32 on
     ``device``; for float16 files PyTorch's float16 on CUDA, or :func:`fp16_storage` on the CPU) and the
     float64 truth on the CPU; with ``exported`` (the module that was captured, when it differs from
-    ``model``), its fp32 forward too, on the first input (:data:`EXPORTED_CASES`). ``truth=False`` skips the float64 forward (the explicit tolerance
-    rule needs none). For float16 files every input is rounded to float16 first, so all forwards see
+    ``model``), its fp32 forward too, on the first input (:data:`EXPORTED_CASES`). ``truth=False`` skips
+    the float64 forward (the explicit tolerance rule needs none). For float16 files every input is rounded to float16 first, so all forwards see
     the values the file sees. ``cuda_floor``: also measure the floor with PyTorch on CUDA (for the CUDA
     provider), where torch can use CUDA."""
     import torch
@@ -193,21 +212,15 @@ def build_reference(model: Any, shapes: list[tuple[int, ...]], *, inputs: int | 
             floor_model, floor_dtype, floor = deepcopy(ref32).half(), torch.float16, "PyTorch float16"
         else:
             floor_model, floor = fp16_storage(ref32), "PyTorch float16 storage (emulated on the CPU)"
-    ref64, no_f64 = None, "" if truth else "not needed by the tolerance rule"
-    if truth:
-        try:
-            ref64 = deepcopy(ref32).cpu().double()
-        except Exception as exc:  # a module that cannot be cast
-            no_f64 = f"the model cannot be cast to float64: {first_line(exc)}"
+    no_f64 = "" if truth else "not needed by the tolerance rule"
     exp32 = reference_model(exported, head=head, training=training).to(dev) if exported is not None else None
     cuda_model, cuda_dtype = None, torch.float32
     if cuda_floor and torch.cuda.is_available() and dev.type != "cuda":
         cuda_model = deepcopy(ref32).cuda()
         if precision == "float16":
             cuda_model, cuda_dtype = cuda_model.half(), torch.float16
-    cases_in = make_inputs(shapes, inputs, seed, images)
     cases = []
-    for i, (label, x_in) in enumerate(cases_in):
+    for i, (label, x_in) in enumerate(make_inputs(shapes, inputs, seed, images)):
         x = tuple(x_in) if isinstance(x_in, tuple) else x_in  # several inputs: a tuple of arrays
         if precision == "float16":
             x = tuple(a.astype(np.float16).astype(np.float32) if a.dtype.kind == "f" else a
@@ -215,12 +228,6 @@ def build_reference(model: Any, shapes: list[tuple[int, ...]], *, inputs: int | 
             x = x if len(x) > 1 else x[0]
         y32 = _forward(ref32, x, torch.float32, dev)
         yf = _forward(floor_model, x, floor_dtype, dev) if floor_model is not None else None
-        y64 = None
-        if ref64 is not None:
-            try:
-                y64 = _forward(ref64, x, torch.float64, torch.device("cpu"))
-            except Exception as exc:  # an op without a float64 kernel
-                ref64, no_f64 = None, f"the model cannot run in float64: {first_line(exc)}"
         ye = _forward(exp32, x, torch.float32, dev) if exp32 is not None and i < EXPORTED_CASES else None
         yc: list[np.ndarray] | None = None
         if dev.type == "cuda":  # the floor measured here is CUDA's
@@ -228,11 +235,12 @@ def build_reference(model: Any, shapes: list[tuple[int, ...]], *, inputs: int | 
         else:
             yc = _forward(cuda_model, x, cuda_dtype, torch.device("cuda")) if cuda_model is not None else None
         feeds = x if isinstance(x, tuple) else (x,)
-        cases.append(Case(label, feeds[0], y32, y64, ye, [a.astype(np.float32) for a in yf] if yf is not None else None,
+        cases.append(Case(label, feeds[0], y32, None, ye, [a.astype(np.float32) for a in yf] if yf is not None else None,
                           [a.astype(np.float32) for a in yc] if yc is not None else None, more=feeds[1:]))
-    if ref64 is None:
-        for c in cases:
-            c.f64 = None
+    del floor_model, exp32, cuda_model
+    if truth:  # the fp32 forwards are done: the same private copy becomes the float64 model (no second copy)
+        no_f64 = _truth(ref32, cases, torch.float64)
+    del ref32
     where = ", ".join(shape_text(s) for s in shapes)
     desc = f"{len(cases)} input(s) at {where}" + (f" from {images}" if images else " (seeded synthetic images)")
     return Reference(cases, "train" if training else "eval", desc, head, layout_of(model, head), no_f64,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -86,3 +87,30 @@ def test_variants_share_one_reference(tiny, builds: list[int], tmp_path: Path) -
     results = export(tiny, variants=["fused", "keep-bn"], out_dir=tmp_path, img=(64, 64))
     assert [bool(r.parity) for r in results] == [True, True]
     assert len(builds) == 1
+
+
+class _NoFloat64(torch.nn.Module):
+    """A conv whose forward has no float64 kernel (as some ops lack one): the truth cannot be computed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float64:
+            raise RuntimeError('"slow_conv2d_cpu" not implemented for \'Double\'')
+        return self.conv(x)
+
+
+def test_a_model_without_float64_is_judged_by_the_tolerance_and_says_why() -> None:
+    from exporter.parity import check_parity
+
+    model = _NoFloat64().eval()
+    ref = build_reference(model, [(1, 3, 16, 16)])
+    assert ref.no_f64.startswith("the model cannot run in float64: ") and "Double" in ref.no_f64
+    assert all(c.f64 is None for c in ref.cases) and all(c.fp32 is not None for c in ref.cases)
+    buf = io.BytesIO()
+    torch.onnx.export(model, (torch.rand(1, 3, 16, 16),), buf, dynamo=False, opset_version=18)
+    report = check_parity(buf.getvalue(), model, shapes=[(1, 3, 16, 16)])
+    assert report and report.truth == "none"
+    assert any("no float64 truth (the model cannot run in float64" in n for n in report.notes)
