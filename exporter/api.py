@@ -25,7 +25,7 @@ class ExportResult:
     options: ExportOptions
     records: tuple[StageRecord, ...]
     parity: Any  # ParityReport | None
-    parity_unsimplified: Any
+    parity_before: dict[str, Any]  # stage name -> ParityReport of the graph before it (simplify, half)
     nodes: int
     ops: dict[str, int]
     size: int
@@ -33,6 +33,10 @@ class ExportResult:
     notes: tuple[str, ...] = ()
     tracer_warnings: tuple[str, ...] = ()
     failures: list[str] = field(default_factory=list)
+
+    @property
+    def parity_unsimplified(self) -> Any:
+        return self.parity_before.get("simplify")
 
     @property
     def ok(self) -> bool:
@@ -71,7 +75,7 @@ def export_one(source: Any, options: ExportOptions, path: str | Path, variant: s
 
 def _write(ctx: Context, source: Any, options: ExportOptions, path: Path, variant: str, t0: float) -> ExportResult:
     """Commit the graph of ``ctx`` (and its weights, as external data when they are big) with its manifest."""
-    from exporter.stages import external
+    from exporter.stages import STAGES, external
 
     failures = [f"{r.name}: {r.error}" for r in ctx.records if not r.ok]
     passed = ctx.parity is None or bool(ctx.parity)
@@ -90,7 +94,7 @@ def _write(ctx: Context, source: Any, options: ExportOptions, path: Path, varian
     records = (*ctx.records, write_rec)
     ops = dict(sorted(op_counts(ctx.onnx).items()))
     seconds = time.perf_counter() - t0
-    result = ExportResult(variant or "export", target, None, options, records, ctx.parity, ctx.parity_unsimplified,
+    result = ExportResult(variant or "export", target, None, options, records, ctx.parity, ctx.parity_before,
                           len(model.graph.node), ops, len(data) + pair.data_size, seconds, ctx.notes,
                           ctx.tracer_warnings, failures)
     manifest = {
@@ -109,7 +113,9 @@ def _write(ctx: Context, source: Any, options: ExportOptions, path: Path, varian
         "capture_attempts": list(ctx.capture_attempts),
         "failures": failures,
         "parity": ctx.parity.to_dict() if ctx.parity is not None else None,
-        "parity_before_simplify": ctx.parity_unsimplified.to_dict() if ctx.parity_unsimplified is not None else None,
+        # parity_before_simplify, parity_before_half: null when the stage did not run or changed nothing
+        **{f"parity_before_{s.name}": ctx.parity_before[s.name].to_dict() if s.name in ctx.parity_before else None
+           for s in STAGES if s.compare_before},
         "versions": versions(),
         "seconds": round(seconds, 3),
     }

@@ -37,9 +37,11 @@ class Context:
     bn_expected: int | None = None  # BatchNormalization nodes the graph must have (prepare; checker) ...
     bn_may_fold: int = 0  # ... of which the exporter may still fold this many (prepare could not see their input)
     onnx: ModelProto | None = None  # the graph (capture and later)
-    unsimplified: ModelProto | None = None  # the graph before --simplify, for parity before and after
+    # the graph as it was before each stage that changed it and asked for parity before and after
+    # (Stage.compare_before: simplify, half), and parity's report of each
+    before: dict[str, ModelProto] = field(default_factory=dict)
     parity: ParityReport | None = None  # of the final graph
-    parity_unsimplified: ParityReport | None = None
+    parity_before: dict[str, ParityReport] = field(default_factory=dict)
     change: str = ""  # what the current stage did (moved into its record by the pipeline)
     failure: str = ""  # a stage that failed without stopping the export (e.g. simplify) says why
     records: tuple[StageRecord, ...] = ()
@@ -88,12 +90,15 @@ class StageRecord:
 @dataclass(frozen=True)
 class Stage:
     """A named step. ``run`` takes and returns a :class:`Context`; ``when`` decides from the options
-    whether it runs; ``numerics`` says what it does to the numbers with those options (for the manifest)."""
+    whether it runs; ``numerics`` says what it does to the numbers with those options (for the manifest).
+    A stage that changes the numbers on purpose sets ``compare_before``: when it changes the graph, the
+    graph before it is kept (``Context.before``) and parity measures both (``parity_before_NAME``)."""
 
     name: str
     run: Callable[[Context], Context]
     when: Callable[[ExportOptions], bool] = field(default=lambda o: True)
     numerics: Callable[[ExportOptions], str] = field(default=lambda o: "none")
+    compare_before: bool = False
 
 
 def op_counts(model: ModelProto | None) -> Counter[str]:
@@ -119,6 +124,8 @@ def run_pipeline(ctx: Context, stages: Sequence[Stage]) -> Context:
                 progress.emit("end", "stage", stage.name, seconds=time.perf_counter() - t0, ok=False, detail=str(exc))
                 raise StageError(stage.name, done, exc) from exc
             seconds = time.perf_counter() - t0
+            if stage.compare_before and ctx.onnx is not None and new.onnx is not ctx.onnx:
+                new = new.replace(before={**new.before, stage.name: ctx.onnx})
             after = len(new.onnx.graph.node) if new.onnx is not None else None
             progress.emit("end", "stage", stage.name, seconds=seconds, ok=not new.failure,
                           detail=new.failure or new.change)

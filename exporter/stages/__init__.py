@@ -23,9 +23,10 @@ STAGES: tuple[Stage, ...] = (
           + ("; BatchNorm kept" if o.bn_kept else "")),
     Stage("infer_shapes", infer_shapes, lambda o: o.infer_shapes, numerics=lambda o: "none (annotations only)"),
     Stage("simplify", simplify, lambda o: o.simplify, numerics=lambda o: "onnxsim constant folding"
-          + ("; BatchNorm folding skipped" if o.bn_kept else "") + "; checked by parity before and after"),
+          + ("; BatchNorm folding skipped" if o.bn_kept else "") + "; checked by parity before and after",
+          compare_before=True),
     Stage("half", half, lambda o: o.half, numerics=lambda o: "float16 weights and activations (~1e-3 relative "
-          "per op); judged against PyTorch's float16 noise"),
+          "per op); judged against PyTorch's float16 noise; checked by parity before and after", compare_before=True),
     Stage("metadata", metadata),
     Stage("checker", checker),
     Stage("parity", parity, lambda o: o.check, numerics=lambda o: "none (measures)"),

@@ -37,5 +37,4 @@ def simplify(ctx: Context) -> Context:
     verdict = verified(ctx, model, "simplify", numerics=False)  # numerics: parity runs before and after
     if verdict.fell_back:
         return ctx.replace(failure=f"{verdict.reason}; kept the unsimplified graph")
-    return ctx.replace(onnx=model, unsimplified=before,
-                       change=f"{len(before.graph.node)} -> {len(model.graph.node)} nodes")
+    return ctx.replace(onnx=model, change=f"{len(before.graph.node)} -> {len(model.graph.node)} nodes")

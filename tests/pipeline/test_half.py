@@ -33,6 +33,11 @@ def test_half_file_is_float16_and_passes(h256: Exported, tmp_path: Path) -> None
     assert io_types(m) == (F16, F16)
     assert h256.parity["passed"] is True and h256.parity["precision"] == "fp16"
     assert "float16" in h256.parity["tolerance"]
+    # parity before and after the half stage: the float32 graph it converted, judged as float32
+    before = h256.manifest["parity_before_half"]
+    assert before["passed"] is True and before["precision"] == "fp32" and h256.manifest["parity_before_simplify"] is None
+    stage = next(s for s in h256.manifest["stages"] if s["name"] == "parity")
+    assert stage["changed"].startswith("before half: ") and "; after: " in stage["changed"]
     full = export_cli(tmp_path, "yolov5n", "--img", "256", "--no-check", name="fp32")
     assert 0.45 < h256.path.stat().st_size / full.path.stat().st_size < 0.55
     # Resize stays float32 (its scales must be float32): one Cast on each side of each of the two

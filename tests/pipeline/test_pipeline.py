@@ -53,6 +53,17 @@ def test_records_in_order_and_skipped_stages_left_out() -> None:
     assert set(a.as_dict()) >= {"name", "ok", "seconds", "nodes_before", "nodes_after", "changed", "numerics", "error"}
 
 
+def test_a_stage_that_asks_keeps_the_graph_before_it_for_parity() -> None:
+    """compare_before keeps the graph a stage replaced (and only then); other stages keep nothing."""
+    stages = (Stage("capture", add(2)), Stage("asks", add(3), compare_before=True),
+              Stage("asks-but-keeps", lambda ctx: ctx.replace(change="nothing to do"), compare_before=True),
+              Stage("silent", add(4)))
+    ctx = run_pipeline(Context(options=ExportOptions(), source=None), stages)
+    assert list(ctx.before) == ["asks"]
+    assert len(ctx.before["asks"].graph.node) == 2 and len(ctx.graph.graph.node) == 4
+    assert [s.name for s in STAGES if s.compare_before] == ["simplify", "half"]
+
+
 def test_failing_stage_is_wrapped_with_the_stages_before_it() -> None:
     stages = (Stage("a", add(1)), Stage("off", add(9), when=lambda o: False), Stage("b", add(2)), Stage("x", boom),
               Stage("never", add(4)))
