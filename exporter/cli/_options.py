@@ -259,6 +259,8 @@ def load_config_defaults(ctx: click.Context, param: click.Parameter, value: str 
         p = params[aliases[k]]
         if isinstance(v, list) and not p.multiple and p.nargs == 1:  # providers: [cpu, cuda] -> "cpu,cuda"
             v = ",".join(str(x) for x in v)
+        elif p.multiple and not isinstance(v, list):  # atol: 1e-3 is one --atol
+            v = [v]
         defaults[aliases[k]] = v
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
 

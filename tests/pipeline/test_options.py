@@ -251,8 +251,22 @@ def test_no_flags_give_the_models_defaults_and_flags_reach_their_fields() -> Non
     assert (o.head, o.dynamic, o.img, o.keep_bn, o.int_shapes) == ("raw", "all", (320, 256), False, False)
     assert (o.atol, o.output_atol, o.providers) == (0.01, {"output0": 3.0}, ("cpu", "cuda"))
     assert (o.half, o.half_io, o.detections) == (True, "float32", False)
-    assert parsed("--dynamic", "batch", "--decode", "--keep-bn").replace() == ExportOptions(
-        dynamic="batch", keep_bn=True)
+    assert parsed("--dynamic", "batch", "--decode", "--keep-bn") == ExportOptions(dynamic="batch", keep_bn=True)
+
+
+def test_config_file_values_reach_the_generated_flags(tmp_path: Path) -> None:
+    from exporter.cli.export import export
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("atol: 0.01\nproviders: [cpu, cuda]\nimg: [320, 256]\nraw-head: true\ndynamic: batch\n"
+                   "training_mode: true\n", encoding="utf-8")
+    ctx = export.make_context("export", ["yolov5n", "--config", str(cfg), "--img", "256"])
+    o = ExportOptions(**values_from(ExportOptions, dict(ctx.params)))
+    assert (o.atol, o.providers, o.head, o.dynamic, o.training) == (0.01, ("cpu", "cuda"), "raw", "batch", True)
+    assert o.img == (256, 256)  # the command line wins
+    cfg.write_text("atol: [0.01, output0=1]\n", encoding="utf-8")
+    o = ExportOptions(**values_from(ExportOptions, dict(export.make_context("export", ["--config", str(cfg)]).params)))
+    assert (o.atol, o.output_atol) == (0.01, {"output0": 1.0})
 
 
 def test_a_new_field_is_a_new_flag() -> None:
