@@ -284,7 +284,9 @@ class ExportOptions(ParityOptions):
         help="With --half: the type of the file's inputs and outputs (float32 adds Casts at the edges).")
     head: Head = option(
         "decode", "--raw-head/--decode", switch=("raw", "decode"), dest="raw_head",
-        help="Detect output: the raw per-level maps, or the decoded (bs, N, nc+5) tensor (default).")
+        help="Detect output: the raw per-level maps, or the decoded (bs, N, nc+5) tensor (default). For a "
+             "detector with post-processing (torchvision's SSD, RetinaNet, FCOS, Faster R-CNN): the network up "
+             "to it, its head's raw outputs.")
     device: str = option("cpu", "--device", help="cpu, cuda or cuda:N for capture and reference.")
     check: bool = option(True, "--check/--no-check", group="Parity", help="Check parity against PyTorch.")
     seed: int = set_by(0, "--seed")  # synthetic weights and parity inputs
