@@ -18,8 +18,10 @@ from exporter.cli.main import cli
 from exporter.errors import CheckpointError, ConfigError, InputError, ModelError
 from exporter.io import load_yaml, regular_file
 from exporter.models import build_model, load_model
-from exporter.models import checkpoint as ckpt_mod
-from exporter.models.checkpoint import check_object_graph, safe_load
+from exporter.models import checkpoint as ckpt_file
+from exporter.models import safe_pickle as ckpt_mod
+from exporter.models.checkpoint import safe_load
+from exporter.models.safe_pickle import check_object_graph
 from exporter.models.zoo import builtin_path, configs_dir, read_config
 
 YOLOV5N = configs_dir() / "yolov5n.yaml"
@@ -231,7 +233,7 @@ def test_pickle_bounds_opcodes_depth_and_size(tmp_path: Path, monkeypatch: pytes
     # a data.pkl over the bound is refused from the zip directory, before it is read
     big = tmp_path / "big.pt"
     torch.save({"w": torch.zeros(1)}, big)
-    monkeypatch.setattr(ckpt_mod, "MAX_PICKLE_BYTES", 10)
+    monkeypatch.setattr(ckpt_file, "MAX_PICKLE_BYTES", 10)
     with pytest.raises(CheckpointError, match="data.pkl is"):
         safe_load(big)
 
@@ -258,7 +260,7 @@ def test_real_checkpoints_are_well_inside_the_bounds(tmp_path: Path, yolov5_offi
     p = yolov5_official.write(build_model("yolov5n", seed=0), tmp_path / "n.pt", ema=build_model("yolov5n", seed=1))
     with zipfile.ZipFile(p) as z:
         info = next(i for i in z.infolist() if i.filename.endswith("data.pkl"))
-    assert info.file_size < ckpt_mod.MAX_PICKLE_BYTES / 20  # yolov5x with its EMA: 0.4 MB
+    assert info.file_size < ckpt_file.MAX_PICKLE_BYTES / 20  # yolov5x with its EMA: 0.4 MB
     obj = safe_load(p)
     assert check_object_graph(obj) < ckpt_mod.MAX_PICKLE_EXPANDED / 50
 
