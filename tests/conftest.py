@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from functools import cache
 from pathlib import Path
 
@@ -31,9 +33,41 @@ def cuda_unusable_reason() -> str | None:
 def pytest_configure(config: pytest.Config) -> None:
     # The tests check numbers and structure, not speed. One intra-op thread keeps them steady: at test
     # sizes more threads gain little, and spinning OpenMP workers on a busy 2-core machine cost a lot.
+    # The same for onnxruntime (its pool spins between the small runs of the parity checks) and for the
+    # yexport processes that some tests start.
+    import onnxruntime
     import torch
 
     torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    onnxruntime.SessionOptions = _one_thread_session_options(onnxruntime.SessionOptions)  # type: ignore[misc]
+    # Calibrated built-in weights (exporter.models.weights) are cached in the project's pytest cache, not
+    # in the user's ~/.cache: the tests neither read what another version left there nor write to it,
+    # and the CLI processes they start share the cache. Tests of the cache itself set their own folder.
+    os.environ.pop("YEXPORT_NO_CACHE", None)
+    os.environ["YEXPORT_CACHE_DIR"] = str(_weights_cache(config))
+
+
+def _one_thread_session_options(base: type) -> type:
+    class OneThread(base):  # type: ignore[valid-type,misc]
+        """``onnxruntime.SessionOptions`` with one intra-op and one inter-op thread by default."""
+
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)
+            self.intra_op_num_threads = 1
+            self.inter_op_num_threads = 1
+
+    OneThread.__name__ = OneThread.__qualname__ = base.__name__
+    return OneThread
+
+
+def _weights_cache(config: pytest.Config) -> Path:
+    cache = getattr(config, "cache", None)  # None under -p no:cacheprovider
+    if cache is not None:
+        return Path(cache.mkdir("yexport-weights"))
+    folder = Path(tempfile.mkdtemp(prefix="yexport-weights-"))
+    config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
+    return folder
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
