@@ -37,7 +37,7 @@ def test_every_layer_but_detect_has_one_output_tensor(exported) -> None:
     assert sorted(layer_outputs(proto)) == list(range(24))  # Detect (24) feeds graph outputs only
 
 
-@pytest.mark.parametrize("layer", [6, 13])
+@pytest.mark.parametrize("layer", [pytest.param(6, marks=pytest.mark.slow), 13])
 def test_corrupted_layer_is_named(exported, layer: int) -> None:
     source, proto = exported
     report = check_parity(_corrupt_layer(proto, layer), source.model)

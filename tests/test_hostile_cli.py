@@ -300,6 +300,7 @@ def test_fifo_and_view_in_subprocesses(files: Files, tmp_path: Path) -> None:
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.slow
 def test_ctrl_c_exits_130_with_one_line(tmp_path: Path) -> None:
     """SIGINT in the middle of an export that takes well over 4 s on any machine (yolov5x at 1280: the
     capture alone); it leaves no file behind."""

@@ -47,6 +47,7 @@ def test_other_graph_options_refuse_without_force(out: Path) -> None:
     assert (out / "yolov5n.onnx").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_run_options_and_force_replace(out: Path) -> None:
     runner = CliRunner()
     res = runner.invoke(cli, ["export", "yolov5n", "-o", str(out), "--img", "64", "--no-check", "--atol", "0.01"])

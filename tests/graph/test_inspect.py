@@ -141,7 +141,8 @@ def test_bad_files_give_one_line_error_and_exit_2(tmp_path: Path, chain_path: Pa
         inspect(p)
 
 
-@pytest.mark.parametrize("command", ["inspect", "snapshot", "diff"])
+@pytest.mark.parametrize("command", [pytest.param("inspect", marks=pytest.mark.slow),
+                                     pytest.param("snapshot", marks=pytest.mark.slow), "diff"])
 def test_commands_never_import_torch(chain_path: Path, command: str) -> None:
     args = [str(chain_path)] * (2 if command == "diff" else 1)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -217,6 +217,7 @@ def test_raw_head_exports_the_rcnn_features_and_rpn_head(detectors: Path, tmp_pa
     assert not any(n.op_type in ("Gemm", "MatMul") for n in proto.graph.node)  # no ROI box head
 
 
+@pytest.mark.slow
 def test_a_whole_export_that_fails_names_the_post_processing_and_the_switch(detectors: Path, tmp_path: Path) -> None:
     code, text = run("export", f"{detectors}:ssd", "--input-shape", "1,3,64,64", "-o", str(tmp_path),
                      "--exporter", "dynamo")

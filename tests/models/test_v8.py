@@ -117,6 +117,7 @@ def test_unknown_ultralytics_class_is_refused_by_name(tmp_path: Path, monkeypatc
         load_checkpoint(path)
 
 
+@pytest.mark.slow
 def test_weights_that_do_not_match_the_config_are_refused(tmp_path: Path) -> None:
     model = ul.build("yolov8n")
     model.yaml = {**model.yaml, "scale": "s"}  # the pickled config says s, the weights are n
@@ -129,6 +130,7 @@ def _run(*args: str | Path):  # type: ignore[no-untyped-def]
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
+@pytest.mark.slow
 def test_info_and_fuse_check(checkpoints: types.SimpleNamespace) -> None:
     for name, path in checkpoints.paths.items():
         r = _run("info", path, "--json")

@@ -29,6 +29,7 @@ OFFICIAL_COUNTS: dict[str, tuple[int, int | None, int | None]] = {
     "yolov5x-v5.0": (87_775_965, None, None),
 }
 BIG = {"yolov5l", "yolov5x", "yolov5l6", "yolov5x6", "yolov5l-v5.0", "yolov5x-v5.0"}
+MEDIUM = {"yolov5m", "yolov5m6", "yolov5m-v5.0"}  # built in make test only, as BIG
 CONFIGS = builtin_names()
 
 
@@ -37,7 +38,8 @@ def test_every_expected_config_ships() -> None:
     assert {"yolov5n6", "yolov5m6", "yolov5l6", "yolov5x6", "yolov5s-csp"} <= set(CONFIGS)
 
 
-@pytest.fixture(scope="module", params=[pytest.param(n, marks=pytest.mark.slow) if n in BIG else n for n in CONFIGS])
+@pytest.fixture(scope="module", params=[pytest.param(n, marks=pytest.mark.slow) if n in BIG | MEDIUM else n
+                                        for n in CONFIGS])
 def zoo(request: pytest.FixtureRequest) -> tuple[str, nn.Module]:
     """Each shipped config built once (pytest groups the tests by this fixture's parameter)."""
     return request.param, build_model(request.param, seed=0).eval()

@@ -57,6 +57,7 @@ def test_cuda_fallback_reason_names_what_ran(cuda_fallback: tuple) -> None:
     assert "/usr/" not in cuda["reason"] and "/site-packages/" not in cuda["reason"]
 
 
+@pytest.mark.slow
 def test_require_cuda_fails_when_it_did_not_run(n320: Exported) -> None:
     if cuda_really_usable():
         pytest.skip("CUDA is usable here")
@@ -134,6 +135,7 @@ def test_file_without_model_metadata(n320: Exported, tmp_path: Path) -> None:
     one_line_error(yexport("check", path), "give --against MODEL")
 
 
+@pytest.mark.slow
 def test_against_another_model(n320: Exported, tmp_path: Path) -> None:
     path = tmp_path / "copy.onnx"
     shutil.copy(n320.path, path)

@@ -290,6 +290,7 @@ def test_checker_holds_the_graph_to_prepares_count() -> None:
             checker(ctx.replace(bn_expected=wrong))
 
 
+@pytest.mark.slow
 def test_yolov5s_csp_exports_by_default(tmp_path: Path) -> None:
     """BottleneckCSP's BatchNorm follows a Concat of two plain convs: folded into them, slice by slice."""
     r = yexport("export", "yolov5s-csp", "--img", "128", "-o", tmp_path)

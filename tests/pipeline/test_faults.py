@@ -24,15 +24,20 @@ def good(n320: Exported):
     return n320.model, ref
 
 
+def slow(*faults: str) -> list:
+    """Larger factors of a fault the fast set already fails at x1.001: run in make test only."""
+    return [pytest.param(f, marks=pytest.mark.slow) for f in faults]
+
+
 def test_the_good_file_passes(good) -> None:
     proto, ref = good
     assert compare_with(proto, ref)
 
 
 @pytest.mark.parametrize("fault", [
-    "first conv x1.001", "first conv x1.01", "first conv x1.1",
-    "middle conv x1.001", "middle conv x1.01", "middle conv x1.1",
-    "detect conv x1.001", "detect conv x1.01", "detect conv x1.1",
+    "first conv x1.001", *slow("first conv x1.01", "first conv x1.1"),
+    "middle conv x1.001", *slow("middle conv x1.01", "middle conv x1.1"),
+    "detect conv x1.001", *slow("detect conv x1.01", "detect conv x1.1"),
     "middle conv channels 0/1 swapped", "anchor +1 px", "stride doubled (P3)", "fp16-rounded weights",
 ])
 def test_every_seeded_fault_fails(good, fault: str) -> None:

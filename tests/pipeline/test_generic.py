@@ -207,6 +207,7 @@ def test_prune_report_finds_residual_adds() -> None:
     assert not convs["e"].prunable and "model output" in convs["e"].reason
 
 
+@pytest.mark.slow
 def test_auto_falls_back_to_dynamo_and_records_why(mymodel: Path, tmp_path: Path) -> None:
     code, text = run("export", f"{mymodel}:no_torchscript", "--input-shape", "1,3,32,32", "-o", str(tmp_path),
                      "--name", "fb")
@@ -232,6 +233,7 @@ def test_a_named_exporter_fails_in_one_line_with_the_next_step(mymodel: Path, tm
     assert str(tmp_path / "ts.capture.log") in line
 
 
+@pytest.mark.slow
 def test_data_dependent_post_processing_is_diagnosed(mymodel: Path, tmp_path: Path) -> None:
     code, text = run("export", f"{mymodel}:data_dependent", "--input-shape", "1,3,32,32", "-o", str(tmp_path),
                      "--exporter", "dynamo")

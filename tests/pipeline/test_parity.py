@@ -227,6 +227,7 @@ def test_check_uses_every_image(n320: Exported, images: Path) -> None:
     assert [c["input"] for c in two["providers"][0]["cases"]] == ["a.png", "b.png"]
 
 
+@pytest.mark.slow
 def test_images_reach_the_comparison(n320: Exported, images: Path) -> None:
     model = builtin("yolov5n").model
     synthetic = check_parity(n320.path, model, inputs=1).providers[0].cases[0].outputs[0]

@@ -36,6 +36,7 @@ def test_render_png_whole_graph(toy_onnx, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["toy.png"]  # no temporary file left
 
 
+@pytest.mark.slow
 @pytest.mark.browser
 def test_render_svg_command(toy_fused_onnx, tmp_path):
     out = tmp_path / "fused.svg"
