@@ -45,7 +45,7 @@ demo: install ## install everything (venv, graphviz, chromium), export yolov5s f
 test: $(STAMP) ## the whole test suite (GPU and browser tests skip with a reason where unavailable)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-test-fast: $(STAMP) ## the tests without the slow ones (full YOLO exports at 640, dynamo, training-mode exports)
+test-fast: $(STAMP) ## the tests without the slow ones (full YOLO exports at 640, dynamo captures, training-mode exports, repeats of a covered behaviour)
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff and mypy
