@@ -199,6 +199,7 @@ def test_cli_graph_bad_file(tmp_path):
     assert result.exit_code == 2 and "bad.onnx" in result.output
 
 
+@pytest.mark.slow
 def test_yolov5s_collapses_to_25_boxes(tmp_path):
     """The real model zoo, when present: 25 layers, Detect included, YOLOv5 module names."""
     torch = pytest.importorskip("torch")
