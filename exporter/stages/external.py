@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from exporter.errors import ConfigError
-from exporter.pipeline import Context
+from exporter.pipeline import GRAPH, PREPARED, Condition, Context, Stage, Verdict
 
 if TYPE_CHECKING:
     from onnx import ModelProto, TensorProto
@@ -102,6 +102,22 @@ def capture_any(ctx: Context) -> Context:
     if size < external_threshold():
         return capture_mod.capture(ctx)
     return capture_external(ctx, size)
+
+
+def _opset_asked(ctx: Context) -> Verdict:
+    if ctx.onnx is None:
+        return Verdict(False, "there is no ONNX graph")
+    opset = next((i.version for i in ctx.onnx.opset_import if i.domain in ("", "ai.onnx")), None)
+    if opset != ctx.options.opset:
+        return Verdict(False, f"the graph has opset {opset} but --opset {ctx.options.opset} was asked for (the "
+                              "exporter switched opsets); choose an opset the exporter supports, e.g. 18")
+    return Verdict(True, f"opset {opset}")
+
+
+OPSET = Condition("the opset asked for", _opset_asked)
+STAGE = Stage("capture", capture_any, requires=(PREPARED,), ensures=(GRAPH, OPSET),
+              numerics=lambda o: "BatchNorm normalises with batch statistics: outputs depend on the whole batch"
+              if o.training else "none (eval mode)")
 
 
 def capture_external(ctx: Context, size: int) -> Context:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import warnings
 
-from exporter.pipeline import Context
+from exporter.pipeline import GRAPH, Context, Stage
 
 
 def half(ctx: Context) -> Context:
@@ -43,6 +43,11 @@ def half(ctx: Context) -> Context:
               + (f"; {', '.join(kept)} kept float32" if kept else "")
               + ("; inputs/outputs float32" if keep_io else "; inputs/outputs float16"))
     return ctx.replace(onnx=converted, change=change)
+
+
+STAGE = Stage("half", half, lambda o: o.half, requires=(GRAPH,), compare_before=True,
+              numerics=lambda o: "float16 weights and activations (~1e-3 relative per op); judged against "
+              "PyTorch's float16 noise; checked by parity before and after")
 
 
 def _retarget_casts(before, converted) -> None:

@@ -19,7 +19,7 @@ import json
 from typing import Any
 
 from exporter import __version__
-from exporter.pipeline import Context
+from exporter.pipeline import GRAPH, Condition, Context, Stage
 
 # ExportOptions fields that shape the graph; every other field is a run-record option.
 GRAPH_OPTION_FIELDS: frozenset[str] = frozenset({
@@ -143,8 +143,6 @@ def ultralytics_props(model, o) -> dict[str, str]:  # noqa: ANN001 - (nn.Module,
 
 
 def metadata(ctx: Context) -> Context:
-    from exporter.stages import enabled_stages
-
     o = ctx.options
     src = ctx.source
     model = src.model
@@ -155,7 +153,7 @@ def metadata(ctx: Context) -> Context:
         "yexport.source": f"{src.kind}:{src.source}",
         "yexport.weights": src.weights,
         "yexport.seed": str(o.seed),
-        "yexport.stages": ",".join(s.name for s in enabled_stages(o)),
+        "yexport.stages": ",".join(ctx.plan),
         "yexport.graph_options": _dump(graph_opts),
         "yexport.run": _dump(run_opts),
         "yexport.training": "1" if o.training else "0",
@@ -195,3 +193,8 @@ def metadata(ctx: Context) -> Context:
         else:
             m.metadata_props.add(key=k, value=v)
     return ctx.replace(onnx=m, change=f"{len(props)} metadata_props")
+
+
+IDENTIFIED = Condition("the yexport metadata", lambda ctx: ctx.onnx is not None and {
+    "yexport.model", "yexport.graph_options"} <= {p.key for p in ctx.onnx.metadata_props})
+STAGE = Stage("metadata", metadata, requires=(GRAPH,), ensures=(IDENTIFIED,))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from exporter.pipeline import Context
+from exporter.pipeline import GRAPH, Context, Stage
 
 if TYPE_CHECKING:
     from onnx import ModelProto
@@ -46,3 +46,6 @@ def parity(ctx: Context) -> Context:
                        ) if before else report.summary()
     return ctx.replace(parity=report, parity_before=before, change=change,
                        failure="" if report else "parity failed")
+
+
+STAGE = Stage("parity", parity, lambda o: o.check, requires=(GRAPH,), numerics=lambda o: "none (measures)")

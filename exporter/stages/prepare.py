@@ -4,8 +4,9 @@ With fusion on, every BatchNorm2d that directly follows a Conv2d is folded into 
 ``fuse()`` first (YOLOv5's ``Conv``), then, for any BatchNorm2d left, a look at its parent module's
 forward (torch.fx, children as leaves): ``conv -> bn`` folds into the conv, ``cat(conv, conv, ...) -> bn``
 (BottleneckCSP) folds slice by slice into those convs. A BatchNorm2d that follows anything else (a
-ReLU, an add) is kept and declared: ``ctx.bn_expected`` is the number of BatchNormalization nodes the
-checker then requires, so prepare and checker cannot disagree.
+ReLU, an add) is kept and declared: prepare promises how many BatchNormalization nodes the graph has
+(:func:`batchnorm_promise`; none when it fused them all), and the checker holds the graph to that
+promise, so prepare and checker cannot disagree.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, cast
 
 from exporter.errors import ConfigError
 from exporter.options import InputSpec
-from exporter.pipeline import Context
+from exporter.pipeline import PREPARED, Condition, Context, Stage, Verdict
 
 if TYPE_CHECKING:
     import torch
@@ -170,6 +171,46 @@ def fold_leftover_batchnorms(model: nn.Module) -> BatchNormFold:
     return out
 
 
+def batchnorm_promise(want: int, may_fold: int = 0, *, keep: bool = False, training: bool = False) -> Condition:
+    """What prepare promises about the graph's BatchNormalization nodes: ``want`` of them (the called
+    BatchNorm2d of the prepared model), fewer by at most ``may_fold`` with fusion (those whose input
+    prepare could not see: the exporter's constant folding may still take them), in the mode of
+    ``training``, reading their statistics from initializers (no Identity in front)."""
+    low = want - (0 if keep else may_fold)
+    mode = 1 if training else 0
+    count = "no" if not want else str(want) if low == want else f"{low} to {want}"
+    name = f"{count} BatchNormalization" + (f" (training_mode={mode}, one per BatchNorm2d)" if keep and want else
+                                             " (the BatchNorm2d prepare could not fold)" if want else "")
+
+    def check(ctx: Context) -> Verdict:
+        if ctx.onnx is None:
+            return Verdict(False, "there is no ONNX graph")
+        bns = [n for n in ctx.onnx.graph.node if n.op_type == "BatchNormalization"]
+        if not low <= len(bns) <= want:
+            if keep:
+                return Verdict(False, f"--keep-bn: the model has {want} BatchNorm2d but the graph has {len(bns)} "
+                                      "BatchNormalization nodes")
+            kept = (f"prepare kept {want if low == want else f'{low} to {want}'} BatchNorm2d that it could not fold "
+                    "(see its record)" if want else "prepare fused every BatchNorm2d")
+            return Verdict(False, f"BatchNorm fusion asked for: {kept}, but {len(bns)} BatchNormalization remain")
+        wrong = [n.name for n in bns if next((a.i for a in n.attribute if a.name == "training_mode"), 0) != mode]
+        if wrong:
+            return Verdict(False, f"BatchNormalization {wrong[0]} has training_mode != {mode}")
+        producers = {out: n for n in ctx.onnx.graph.node for out in n.output}
+        fed = [n.name for n in bns for i in n.input[1:] if i in producers and producers[i].op_type == "Identity"]
+        if fed:
+            return Verdict(False, f"Identity node in front of BatchNormalization {fed[0]}")
+        found = f"{len(bns)} BatchNormalization" if bns else "no BatchNormalization"
+        if len(bns) == want:
+            return Verdict(True, found)
+        folded = want - len(bns)  # only with fusion: prepare kept these, the exporter's constant folding took them
+        return Verdict(True, f"{found} (the exporter folded {folded} of the {want} BatchNorm2d prepare could not fold)",
+                       f"BatchNorm fusion: the exporter folded {folded} BatchNorm2d that prepare left (Conv+BN "
+                       f"constant folding); {len(bns) or 'none'} remain in the graph")
+
+    return Condition(name, check)
+
+
 # ------------------------------------------------------------------------------------------ stage
 
 
@@ -262,9 +303,8 @@ def prepare(ctx: Context) -> Context:
         changes.append("example at batch 2 (a batch of 1 would be specialized by the exporter)")
     example = example_inputs(specs, o.seed, dev) if specs != o.example_inputs or o.input_shapes else \
         synthetic_images(o.batch, (h, w), o.seed).to(dev)
-    ctx = ctx.replace(model=model, example=example, bn_expected=n_bn() - fold.uncalled,
-                      bn_may_fold=fold.unseen,
-                      change="; ".join(changes) or "copied")
+    ctx = ctx.replace(model=model, example=example, change="; ".join(changes) or "copied").promise(
+        batchnorm_promise(n_bn() - fold.uncalled, fold.unseen, keep=o.bn_kept, training=o.training))
     if fold.kept:
         ctx = ctx.note(f"BatchNorm fusion: prepare could not fold {len(fold.kept)} BatchNorm2d into a conv (its "
                        "record says why each); "
@@ -282,3 +322,7 @@ def prepare(ctx: Context) -> Context:
         ctx = ctx.note("training mode: BatchNormalization uses batch statistics (training_mode=1); this is not "
                        "an inference graph, and its outputs depend on the whole batch")
     return ctx
+
+
+STAGE = Stage("prepare", prepare, ensures=(PREPARED,), numerics=lambda o: "Conv+BN folded into the convs: fp32 "
+              "reassociation, ~1e-7 relative per layer" if o.fuse_bn else "none (BatchNorm kept)")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from exporter.pipeline import Context, op_counts
+from exporter.pipeline import GRAPH, Context, Stage, op_counts
 
 
 def simplify(ctx: Context) -> Context:
@@ -38,3 +38,8 @@ def simplify(ctx: Context) -> Context:
     if verdict.fell_back:
         return ctx.replace(failure=f"{verdict.reason}; kept the unsimplified graph")
     return ctx.replace(onnx=model, change=f"{len(before.graph.node)} -> {len(model.graph.node)} nodes")
+
+
+STAGE = Stage("simplify", simplify, lambda o: o.simplify, requires=(GRAPH,), compare_before=True,
+              numerics=lambda o: "onnxsim constant folding" + ("; BatchNorm folding skipped" if o.bn_kept else "")
+              + "; checked by parity before and after")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from exporter.pipeline import Context, op_counts
+from exporter.pipeline import GRAPH, Context, Stage, op_counts
 
 if TYPE_CHECKING:
     from onnx import ModelProto
@@ -115,3 +115,7 @@ def tidy(ctx: Context) -> Context:
     gone = {k: before[k] - after[k] for k in before if before[k] > after[k]}
     top = ", ".join(f"-{v} {k}" for k, v in sorted(gone.items(), key=lambda t: -t[1])[:6])
     return ctx.replace(onnx=model, change=f"{sum(before.values())} -> {sum(after.values())} nodes ({top or 'no change'})")
+
+
+STAGE = Stage("tidy", tidy, lambda o: o.tidy, requires=(GRAPH,), numerics=lambda o: "constants folded in fp32 "
+              "(grids, scalings)" + ("; BatchNorm kept" if o.bn_kept else ""))

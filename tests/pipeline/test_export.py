@@ -274,20 +274,22 @@ def test_batchnorm_after_a_concat_of_convs_folds_by_slices(tmp_path: Path) -> No
 
 
 def test_checker_holds_the_graph_to_prepares_count() -> None:
-    """The checker's expectation is prepare's record: one more or one fewer BatchNormalization fails."""
+    """The checker's expectation is prepare's promise: a promise of one more or one fewer
+    BatchNormalization than the graph has fails."""
     from exporter.models import LoadedModel
     from exporter.pipeline import Context, run_pipeline
     from exporter.stages import STAGES
     from exporter.stages.checker import GraphCheckError, checker
+    from exporter.stages.prepare import batchnorm_promise
 
     source = LoadedModel(with_statistics(ReluThenBn()), "m", "nn.Module", "module", "", "caller's module")
     upto = tuple(s for s in STAGES if s.name not in ("checker", "parity"))
     ctx = run_pipeline(Context(options=ExportOptions(img=(64, 64), check=False), source=source), upto)
-    assert ctx.bn_expected == 1
-    assert checker(ctx).change.endswith("1 BatchNormalization")
+    assert "1 BatchNormalization (the BatchNorm2d prepare could not fold)" in ctx.records[0].ensures
+    assert "; 1 BatchNormalization;" in checker(ctx).change
     for wrong in (0, 2):
-        with pytest.raises(GraphCheckError, match="BatchNorm fusion asked for"):
-            checker(ctx.replace(bn_expected=wrong))
+        with pytest.raises(GraphCheckError, match="prepare promised .*: BatchNorm fusion asked for"):
+            checker(ctx.replace(promises=(("prepare", batchnorm_promise(wrong)),)))
 
 
 @pytest.mark.slow
