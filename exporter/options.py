@@ -50,20 +50,27 @@ class Flag:
     dest: str | None = None  # the click parameter (and YEXPORT_* variable) name when it is not the field's
 
 
-def option(default: Any, *decls: str, help: str, **how: Any) -> Any:
-    """A dataclass field whose command-line flag is declared with it (see :class:`Flag`)."""
-    meta = {"cli": Flag(decls, help, **how)}
+def _field(default: Any, meta: dict[str, Any]) -> Any:
     if isinstance(default, dict):
         return field(default_factory=lambda: dict(default), metadata=meta)
     return field(default=default, metadata=meta)
 
 
-def set_by(default: Any, flag: str | None) -> Any:
+def option(default: Any, *decls: str, help: str, graph: bool = False, **how: Any) -> Any:
+    """A dataclass field whose command-line flag is declared with it (see :class:`Flag`). ``graph``: the
+    option shapes the graph, so it is part of the file's graph identity (:func:`graph_fields`)."""
+    return _field(default, {"cli": Flag(decls, help, **how), "graph": graph})
+
+
+def set_by(default: Any, flag: str | None, *, graph: bool = False) -> Any:
     """A field with no flag of its own: filled from ``flag``, an option the command shares with other
     commands (--seed, --input-shape), or None for a library-only field."""
-    if isinstance(default, dict):
-        return field(default_factory=lambda: dict(default), metadata={"cli": flag})
-    return field(default=default, metadata={"cli": flag})
+    return _field(default, {"cli": flag, "graph": graph})
+
+
+def graph_fields(cls: type) -> frozenset[str]:
+    """The fields of the options dataclass ``cls`` declared ``graph=True``: those that shape the graph."""
+    return frozenset(f.name for f in dataclasses.fields(cls) if f.metadata.get("graph"))
 
 
 def flag_of(f: dataclasses.Field[Any]) -> Flag | None:
@@ -243,36 +250,36 @@ class ExportOptions(ParityOptions):
     """How one ONNX file is made. Each field is a stage switch or a setting of one."""
 
     keep_bn: bool | None = option(  # None: fuse, except in training mode (which needs BN)
-        None, "--keep-bn/--fuse-bn",
+        None, "--keep-bn/--fuse-bn", graph=True,
         help="Keep every BatchNorm as BatchNormalization(training_mode=0), through the exporter and --simplify; "
              "or fold it into the convs (default: fuse).")
     training: bool = option(
-        False, "--training-mode",
+        False, "--training-mode", graph=True,
         help="Export with TrainingMode.TRAINING: BatchNorm uses batch statistics (not an inference graph); "
              "parity is checked against a train-mode forward on a copy.")
     int_shapes: bool | None = option(  # None: on wherever it is correct (static, dynamic batch), off for dynamic all
-        None, "--int-shapes/--no-int-shapes",
+        None, "--int-shapes/--no-int-shapes", graph=True,
         help="Read feature-map sizes as Python ints: no Shape/Gather chains, sizes baked in. Default: on where "
              "exact (static, --dynamic batch), off with --dynamic all (where --int-shapes is refused); "
              "--no-int-shapes keeps the traced shape arithmetic.")
     tidy: bool = option(
-        True, "--tidy/--no-tidy",
+        True, "--tidy/--no-tidy", graph=True,
         help="Constant folding and clean-up of the captured graph (BatchNorm kept with --keep-bn).")
     infer_shapes: bool = option(
-        True, "--infer-shapes/--no-infer-shapes", help="ONNX shape inference: a size on every edge.")
+        True, "--infer-shapes/--no-infer-shapes", graph=True, help="ONNX shape inference: a size on every edge.")
     simplify: bool = option(
-        False, "--simplify", help="Run onnxsim (honours --keep-bn); parity is checked before and after.")
+        False, "--simplify", graph=True, help="Run onnxsim (honours --keep-bn); parity is checked before and after.")
     dynamic: Dynamic | None = option(
-        None, "--dynamic", flag_value="all",
+        None, "--dynamic", flag_value="all", graph=True,
         help="Dynamic axes: bare --dynamic (or --dynamic all) for batch, height and width, as YOLOv5 has it; "
              "--dynamic batch for the batch only.")
     img: tuple[int, int] = option(
-        (640, 640), "--img", "--imgsz", metavar="H[,W]", parse=parse_img, text=img_text,
+        (640, 640), "--img", "--imgsz", metavar="H[,W]", parse=parse_img, text=img_text, graph=True,
         help="Input size H or H,W (multiples of 32).")
-    batch: int = option(1, "--batch", minimum=1, help="Batch size of the example.")
-    opset: int = option(18, "--opset", help="ONNX opset; the file gets exactly this one.")
+    batch: int = option(1, "--batch", minimum=1, graph=True, help="Batch size of the example.")
+    opset: int = option(18, "--opset", graph=True, help="ONNX opset; the file gets exactly this one.")
     exporter: Exporter = option(
-        "auto", "--exporter",
+        "auto", "--exporter", graph=True,
         help="torch exporter; auto: TorchScript where this torch has it (the same graph as dynamo after tidy, "
              "captured ~10x faster, honours training mode), else dynamo.")
     half: bool = option(  # float16 weights and compute (the half stage)
@@ -283,7 +290,7 @@ class ExportOptions(ParityOptions):
         "float16", "--half-io",
         help="With --half: the type of the file's inputs and outputs (float32 adds Casts at the edges).")
     head: Head = option(
-        "decode", "--raw-head/--decode", switch=("raw", "decode"), dest="raw_head",
+        "decode", "--raw-head/--decode", switch=("raw", "decode"), dest="raw_head", graph=True,
         help="Detect output: the raw per-level maps, or the decoded (bs, N, nc+5) tensor (default). For a "
              "detector with post-processing (torchvision's SSD, RetinaNet, FCOS, Faster R-CNN): the network up "
              "to it, its head's raw outputs.")
@@ -292,7 +299,7 @@ class ExportOptions(ParityOptions):
     seed: int = set_by(0, "--seed")  # synthetic weights and parity inputs
     # the example inputs of a model that is not a YOLO image model (--input-shape); () means one image
     # batch (batch, 3, *img)
-    input_shapes: tuple[InputSpec, ...] = set_by((), "--input-shape")
+    input_shapes: tuple[InputSpec, ...] = set_by((), "--input-shape", graph=True)
 
     @property
     def fuse_bn(self) -> bool:

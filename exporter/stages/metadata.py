@@ -19,13 +19,12 @@ import json
 from typing import Any
 
 from exporter import __version__
+from exporter.options import ExportOptions, graph_fields
 from exporter.pipeline import GRAPH, Condition, Context, Stage
 
-# ExportOptions fields that shape the graph; every other field is a run-record option.
-GRAPH_OPTION_FIELDS: frozenset[str] = frozenset({
-    "keep_bn", "training", "int_shapes", "tidy", "infer_shapes", "simplify", "dynamic", "img", "batch",
-    "opset", "exporter", "head", "input_shapes",
-})
+# ExportOptions fields that shape the graph (declared with ``graph=True`` in exporter/options.py);
+# every other field is a run-record option.
+GRAPH_OPTION_FIELDS: frozenset[str] = graph_fields(ExportOptions)
 # Keys that record how the run was made, not what the graph is.
 RUN_RECORD_KEYS: frozenset[str] = frozenset({
     "yexport.version",  # the library version

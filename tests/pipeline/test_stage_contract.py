@@ -1,8 +1,9 @@
 """The stage contract: requires checked before a stage runs, ensures recorded and held by the checker;
-the registered stage order meets every requirement."""
+the stages' own declarations (order, graph-shaping options) agree with what they do."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -158,3 +159,63 @@ def test_manifest_records_what_each_stage_ensured(n320: Exported) -> None:
     checked = next(s for s in n320.manifest["stages"] if s["name"] == "checker")["changed"]
     assert checked == ("onnx.checker passed; a prepared model and example; no BatchNormalization; an ONNX graph; "
                        "opset 18; a type on every edge; the yexport metadata")
+
+
+# ------------------------------------------------------------------------------ graph-shaping options
+
+
+def test_graph_option_fields_come_from_the_declarations() -> None:
+    from exporter.options import graph_fields
+    from exporter.stages.metadata import GRAPH_OPTION_FIELDS
+
+    assert GRAPH_OPTION_FIELDS == graph_fields(ExportOptions) == {
+        "keep_bn", "training", "int_shapes", "tidy", "infer_shapes", "simplify", "dynamic", "img", "batch",
+        "opset", "exporter", "head", "input_shapes"}
+
+
+# fields a graph-changing stage reads that are not graph identity: where the capture runs, the seed of the
+# example; half and half_io do shape the graph but were never part of graph_options (declaring them changes
+# the graph identity of every existing file: the initializers' dtypes tell a float16 graph apart meanwhile)
+NOT_GRAPH_IDENTITY = {"device", "seed", "half", "half_io"}
+
+
+def test_every_option_a_graph_changing_stage_reads_is_declared_graph_shaping() -> None:
+    """Run the stages that change the graph (or the model captured) with options that record which
+    fields are read: each one is declared ``graph=True`` or is a known exception above."""
+    from exporter.models import load_model
+    from exporter.stages.metadata import GRAPH_OPTION_FIELDS
+
+    names = {f.name for f in dataclasses.fields(ExportOptions)}
+    read: dict[str, set[str]] = {}
+    current: list[str] = [""]
+
+    class Recording(ExportOptions):
+        def __getattribute__(self, name: str) -> Any:
+            if name in names and current[0]:
+                read.setdefault(current[0], set()).add(name)
+            return super().__getattribute__(name)
+
+    def tracked(stage: Stage) -> Stage:
+        def run(ctx: Context) -> Context:
+            current[0] = stage.name
+            try:
+                return stage.run(ctx)
+            finally:
+                current[0] = ""
+
+        def when(o: ExportOptions) -> bool:
+            current[0] = stage.name
+            try:
+                return stage.when(o)
+            finally:
+                current[0] = ""
+        return dataclasses.replace(stage, run=run, when=when)
+
+    shaping = ("prepare", "capture", "tidy", "infer_shapes", "simplify", "half")
+    stages = tuple(tracked(s) for s in STAGES if s.name in shaping)
+    opts = Recording(img=(64, 64), simplify=True, half=True, check=False)
+    ctx = run_pipeline(Context(options=opts, source=load_model("yolov5n")), stages)
+    assert [r.name for r in ctx.records] == list(shaping) and all(r.ok for r in ctx.records)
+    undeclared = {(stage, f) for stage, fields in read.items() for f in fields - GRAPH_OPTION_FIELDS - NOT_GRAPH_IDENTITY}
+    assert not undeclared, f"options read by a graph-changing stage but not declared graph=True: {sorted(undeclared)}"
+    assert {"keep_bn", "training", "img", "opset", "head", "int_shapes", "exporter"} <= read["prepare"] | read["capture"]
