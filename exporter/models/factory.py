@@ -24,7 +24,7 @@ from exporter.errors import CheckpointError, InputError, ModelError, first_line
 if TYPE_CHECKING:
     from torch import nn
 
-    from exporter.models import LoadedModel
+    from exporter.models.build import LoadedModel
 
 _ATTR = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
 _MODULE = re.compile(rf"^{_ATTR}$")
@@ -183,15 +183,15 @@ def load_weights(model: nn.Module, weights: str | Path, *, strict: bool = True, 
 def load_factory(source: str, *, seed: int = 0, weights: str | Path | None = None, strict: bool = True,
                  trust_checkpoint: bool = False) -> LoadedModel:
     """A :class:`LoadedModel` from factory syntax (see the module docstring); in eval mode."""
-    from exporter.models import LoadedModel, _sha256
+    from exporter.models.build import LoadedModel, sha256_file
 
     where, attr = parse_factory(source) or ("", "")
     model = build_from_factory(source, seed=seed)
     described = f"factory's own initialisation (seed {seed})"
-    sha = _sha256(Path(where)) if where.endswith(".py") else ""
+    sha = sha256_file(Path(where)) if where.endswith(".py") else ""
     if weights is not None:
         described = load_weights(model, weights, strict=strict, trust=trust_checkpoint)
-        sha = _sha256(Path(weights))
+        sha = sha256_file(Path(weights))
     name = Path(where).stem if where.endswith(".py") else where.rpartition(".")[2]
     return LoadedModel(model.eval(), name or attr, source, "factory", sha, described,
                        {"factory": attr, "class": type(model).__name__})

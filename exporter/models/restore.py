@@ -203,7 +203,7 @@ def _fill_anchors(cfg: dict[str, Any], sd: dict[str, torch.Tensor], stride: Any)
 
 def _rebuild(cfg: dict[str, Any], nc: int | None, path: Path) -> Model:
     from exporter.errors import ModelError
-    from exporter.models import build_model
+    from exporter.models.build import build_model
 
     try:
         return build_model(cfg, nc=nc, seed=0)
@@ -322,7 +322,7 @@ def _tensor_dict(obj: Any) -> dict[str, torch.Tensor] | None:
 
 def _from_state_dict(sd: dict[str, torch.Tensor], cfg: str | Path | None, path: Path,
                      nc: int | None) -> tuple[nn.Module, dict[str, Any]]:
-    from exporter.models import build_model
+    from exporter.models.build import build_model
 
     if cfg is None:
         raise CheckpointError(f"{path}: a plain state_dict ({len(sd)} tensors) holds no model config: give the "
