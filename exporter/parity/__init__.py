@@ -13,6 +13,7 @@ sessions), ``compare`` (the rule), ``detections`` (NMS agreement, information on
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from exporter.errors import ConfigError, InputError
+from exporter.options import ParityOptions
 from exporter.parity.compare import (
     DEFAULT_ATOL,
     DEFAULT_RTOL,
@@ -208,34 +210,40 @@ def _case(case: Any, outs: list[np.ndarray], names: list[str], ref: Reference, e
     return CaseParity(list(case.x.shape), case.label, results, fusion, dets)
 
 
+_DEFAULT = ParityOptions()  # check_parity's defaults: the parity options' own
+
+
 def check_parity(
     onnx_model: Any,
     model: Any,
     *,
-    providers: tuple[str, ...] | list[str] = ("cpu",),
-    require: tuple[str, ...] | list[str] = (),
+    providers: Sequence[str] = _DEFAULT.providers,
+    require: Sequence[str] = _DEFAULT.require,
     shapes: list[tuple[int, ...]] | None = None,
-    inputs: int | None = None,
-    images: str | None = None,
-    atol: float | None = None,
-    rtol: float | None = None,
-    output_atol: dict[str, float] | None = None,
+    inputs: int | None = _DEFAULT.inputs,
+    images: str | None = _DEFAULT.images,
+    atol: float | None = _DEFAULT.atol,
+    rtol: float | None = _DEFAULT.rtol,
+    output_atol: Mapping[str, float] | None = None,
     training: bool | None = None,
     head: str | None = None,
     seed: int = 0,
     device: str = "cpu",
-    detections: bool = True,
+    detections: bool = _DEFAULT.detections,
     repeat: int = 1,
     exported: Any = None,
-    strict: bool = False,
+    strict: bool = _DEFAULT.strict,
 ) -> ParityReport:
     """Compare ``onnx_model`` (path, bytes or ModelProto) with the PyTorch ``model``.
 
-    ``training``/``head``/``shapes`` default to what the file's yexport metadata says (a training-mode
-    file is compared with a train-mode forward on a copy; a fused file's capture error is measured
-    against a fused copy). Returns a :class:`ParityReport` (truthy on pass)."""
-    if inputs is not None and inputs < 1:
-        raise ConfigError(f"inputs={inputs}: parity needs at least one input")
+    The parity keywords are :class:`~exporter.options.ParityOptions`' fields, with its defaults and
+    its validation (``output_atol`` None: none). ``training``/``head``/``shapes`` default to what the
+    file's yexport metadata says (a training-mode file is compared with a train-mode forward on a copy;
+    a fused file's capture error is measured against a fused copy). Returns a :class:`ParityReport`
+    (truthy on pass)."""
+    o = ParityOptions(providers=tuple(providers), require=tuple(require), atol=atol, rtol=rtol,
+                      output_atol=dict(output_atol or {}), inputs=inputs, images=images, strict=strict,
+                      detections=detections).validate()
     opened = _open(onnx_model)
     proto = opened.proto
     meta = {p.key: p.value for p in proto.metadata_props}
@@ -245,12 +253,13 @@ def check_parity(
         head = meta.get("yexport.head", "decode")
     if exported is None and meta.get("yexport.keep_bn") == "0":
         exported = fused_copy(model)
-    explicit = atol is not None or rtol is not None
-    ref = build_reference(model, shapes or default_shapes(proto), inputs=inputs, images=images, training=training,
+    explicit = o.atol is not None or o.rtol is not None
+    ref = build_reference(model, shapes or default_shapes(proto), inputs=o.inputs, images=o.images, training=training,
                           head=head, seed=seed, device=device, exported=exported, truth=not explicit,
-                          precision=file_precision(proto), cuda_floor="cuda" in (*providers, *require))
-    return compare_with(opened, ref, providers=providers, require=require, atol=atol, rtol=rtol,
-                        output_atol=output_atol, model=model, detections=detections, repeat=repeat, strict=strict)
+                          precision=file_precision(proto), cuda_floor="cuda" in (*o.providers, *o.require))
+    return compare_with(opened, ref, providers=o.providers, require=o.require, atol=o.atol, rtol=o.rtol,
+                        output_atol=o.output_atol, model=model, detections=o.detections, repeat=repeat,
+                        strict=o.strict)
 
 
 @dataclass(frozen=True)

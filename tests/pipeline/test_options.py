@@ -308,3 +308,14 @@ def test_check_parity_takes_the_parity_options_defaults() -> None:
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
         assert f.name in params, f.name
         assert (params[f.name].default or type(default)()) == (default or type(default)()), f.name
+
+
+@pytest.mark.parametrize(("kw", "message"), [({"providers": ["tpu"]}, "unknown provider 'tpu'"),
+                                             ({"inputs": 0}, "parity needs at least one input"),
+                                             ({"atol": float("nan")}, "a tolerance is a finite number")])
+def test_check_parity_validates_as_the_parity_options_do(kw: dict[str, Any], message: str) -> None:
+    """check_parity's keywords become ParityOptions, refused by its validation before the file is read."""
+    from exporter.parity import check_parity
+
+    with pytest.raises(ConfigError, match=message):
+        check_parity(b"not read", None, **kw)
