@@ -15,6 +15,7 @@ import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -124,6 +125,15 @@ def _tolerances(values: tuple[tuple[str, float], ...]) -> dict[str, Any]:
     """Repeated --atol: the last bare number for every output, OUTPUT=NUMBER per output."""
     return {"atol": next((x for name, x in reversed(values) if not name), None),
             "output_atol": {name: x for name, x in values if name}}
+
+
+
+@cache
+def torchscript_available() -> bool:
+    """Whether this torch still has the TorchScript exporter (dynamo is the only one where it is gone)."""
+    import torch.onnx
+
+    return hasattr(torch.onnx, "TrainingMode") and hasattr(torch.onnx, "export")
 
 
 @dataclass(frozen=True)
@@ -328,8 +338,6 @@ class ExportOptions(ParityOptions):
         other (never dynamo for training mode, which it would silently export as eval)."""
         if self.exporter != "auto":
             return (self.exporter,)
-        from exporter.stages.capture import torchscript_available
-
         if not torchscript_available():
             return ("dynamo",)
         return ("torchscript",) if self.training else ("torchscript", "dynamo")

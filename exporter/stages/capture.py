@@ -26,11 +26,11 @@ import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from exporter.errors import YexportError, first_line
+from exporter.options import torchscript_available
 from exporter.pipeline import Context
 
 if TYPE_CHECKING:
@@ -44,13 +44,6 @@ class CaptureError(YexportError):
     """Every capture strategy failed; the message says why for each and where the full log is."""
 
     exit_code = 1
-
-
-@cache
-def torchscript_available() -> bool:
-    import torch.onnx
-
-    return hasattr(torch.onnx, "TrainingMode") and hasattr(torch.onnx, "export")
 
 
 # ------------------------------------------------------------------------------------------ names
