@@ -1,14 +1,21 @@
-"""Shared test configuration: markers that skip with a reason where a GPU or a browser is missing."""
+"""Shared test configuration: one thread per runtime, the calibrated-weights cache, a quieter garbage collector,
+and markers that skip with a reason where a GPU or a browser is missing."""
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from exporter.models import load_model as _load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fixtures"
@@ -46,6 +53,15 @@ def pytest_configure(config: pytest.Config) -> None:
     # and the CLI processes they start share the cache. Tests of the cache itself set their own folder.
     os.environ.pop("YEXPORT_NO_CACHE", None)
     os.environ["YEXPORT_CACHE_DIR"] = str(_weights_cache(config))
+    # Tracing, deep copies and onnx protos allocate millions of small objects: with the default gen-0
+    # threshold (700) the cyclic collector runs thousands of times per export and takes about a tenth of
+    # the suite's CPU. Collect rarely, and never rescan what is alive once the test modules are imported.
+    gc.set_threshold(50_000, 20, 100)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    gc.collect()
+    gc.freeze()
 
 
 def _one_thread_session_options(base: type) -> type:
@@ -68,6 +84,48 @@ def _weights_cache(config: pytest.Config) -> Path:
     folder = Path(tempfile.mkdtemp(prefix="yexport-weights-"))
     config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
     return folder
+
+
+# --------------------------------------------------------------------------- built-in models, shared
+
+_LOADED: dict[tuple[str, int], Any] = {}
+
+
+def builtin(name: str, seed: int = 0) -> Any:
+    """``load_model(name, seed=seed)`` (a LoadedModel), loaded once per session."""
+    key = (name, seed)
+    if key not in _LOADED:
+        _LOADED[key] = _load_model(name, seed=seed)
+    return _LOADED[key]
+
+
+@contextmanager
+def shared_builtin_models() -> Iterator[None]:
+    """Let the CLI's ``load_model`` hand out the session's already loaded built-ins (same name, seed,
+    no --cfg/--nc/--weights); anything else loads as usual. The commands never modify the model they are
+    given (the pipeline and the analyses work on copies; tests of each say so)."""
+    import exporter.models as models
+    from exporter.models.zoo import builtin_path
+
+    original = models.load_model  # a test's own patch, or the real one
+
+    def load(source: Any = models.DEFAULT_MODEL, *, cfg: Any = None, nc: int | None = None, seed: int = 0,
+             trust_checkpoint: bool = False, **factory: Any) -> Any:
+        if cfg is None and nc is None and not factory and builtin_path(str(source)) is not None:
+            return builtin(str(source), seed)
+        return original(source, cfg=cfg, nc=nc, seed=seed, trust_checkpoint=trust_checkpoint, **factory)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(models, "load_model", load)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _shared_builtin_models() -> Iterator[None]:
+    """Every test's in-process commands share the built-in models loaded once (building and calibrating
+    one costs a second or more); a test that patches ``load_model`` itself still wins."""
+    with shared_builtin_models():
+        yield
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -10,8 +10,7 @@ proves it on a model of its own.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,34 +22,7 @@ from click.testing import CliRunner, Result
 
 from exporter.cli.main import cli
 from exporter.models import load_model
-
-_LOADED: dict[tuple[str, int], Any] = {}
-
-
-def builtin(name: str, seed: int = 0) -> Any:
-    """``load_model(name, seed=seed)`` (a LoadedModel), loaded once per session."""
-    key = (name, seed)
-    if key not in _LOADED:
-        _LOADED[key] = load_model(name, seed=seed)
-    return _LOADED[key]
-
-
-@contextmanager
-def shared_builtin_models() -> Iterator[None]:
-    """Let the CLI's ``load_model`` hand out the session's already loaded built-ins (same name, seed,
-    no --cfg/--nc); anything else loads as usual."""
-    import exporter.models as models
-    from exporter.models.zoo import builtin_path
-
-    def load(source: Any = models.DEFAULT_MODEL, *, cfg: Any = None, nc: int | None = None, seed: int = 0,
-             trust_checkpoint: bool = False) -> Any:
-        if cfg is None and nc is None and builtin_path(str(source)) is not None:
-            return builtin(str(source), seed)
-        return load_model(source, cfg=cfg, nc=nc, seed=seed, trust_checkpoint=trust_checkpoint)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(models, "load_model", load)
-        yield
+from tests.conftest import builtin, shared_builtin_models  # noqa: F401 (builtin: re-exported for the tests)
 
 
 def yexport(*args: str | Path) -> Result:
