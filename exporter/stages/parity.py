@@ -39,8 +39,9 @@ def parity(ctx: Context) -> Context:
                             rtol=o.rtol, output_atol=o.output_atol, model=ctx.source.model,
                             detections=o.detections, strict=o.strict)
 
-    report = run(ctx.graph, "float16" if o.half else "float32")
-    # the graph before each stage that asked for it (simplify, half), judged at its own precision
+    # every graph is judged at its own precision (float16 initializers: the float16 floor), the file and
+    # the graph before each stage that asked for it (simplify, half): no stage is a special case here
+    report = run(ctx.graph, file_precision(ctx.graph))
     before = {name: run(graph, file_precision(graph)) for name, graph in ctx.before.items()}
     change = "; ".join([*(f"before {name}: {r.summary()}" for name, r in before.items()), f"after: {report.summary()}"]
                        ) if before else report.summary()
