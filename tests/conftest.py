@@ -81,7 +81,7 @@ def _weights_cache(config: pytest.Config) -> Path:
     cache = getattr(config, "cache", None)  # None under -p no:cacheprovider
     if cache is not None:
         return Path(cache.mkdir("yexport-weights"))
-    folder = Path(tempfile.mkdtemp(prefix="yexport-weights-"))
+    folder = Path(tempfile.mkdtemp(prefix="yexport-tests-cache-"))  # not the exporter's own prefix
     config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
     return folder
 
