@@ -28,7 +28,8 @@ EXAMPLES = (
 )
 @click.option(
     "--highlight-diff", "highlight", type=click.Path(path_type=Path), default=None, metavar="OTHER.onnx",
-    help="Colour nodes added (green) and removed (red, dashed) relative to OTHER.onnx.",
+    help="Colour nodes added (green) and removed (red, dashed) relative to OTHER.onnx, matched by structure "
+         "as `yexport diff OTHER.onnx FILE` matches them.",
 )
 def graph(file: Path, out: Path | None, collapse: str | None, highlight: Path | None) -> None:
     """Draw FILE (.onnx) with Graphviz: tensor shapes on edges, BatchNorm visible, friendly labels.

@@ -10,6 +10,7 @@ width change) are counted, not listed, and the markdown folds them per layer.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections import Counter, defaultdict
@@ -17,9 +18,8 @@ from collections.abc import Callable
 from fractions import Fraction
 from typing import Any
 
-from exporter.graph._canon import CanonGraph, CNode
+from exporter.graph.canon_graph import CanonGraph, CNode
 from exporter.graph.match import layer_of
-from exporter.graph.scopes import module_scope
 
 _TYPE_RE = re.compile(r"^(?P<dt>[a-z0-9]+)\[(?P<dims>[^\]]*)\]$")
 _FLOAT_DTYPES = {"f32", "f16", "f64", "bf16"}
@@ -42,8 +42,8 @@ def dims_of(type_text: str) -> list[str] | None:
 def parameter_count(g: CanonGraph) -> int:
     """Elements of the floating-point initializers (weights, biases, BatchNorm statistics)."""
     total = 0
-    for i in g.initializers:
-        m = _TYPE_RE.match(i.type or "")
+    for type_text, count in Counter(i.type for i in g.initializers).items():  # a few distinct types
+        m = _TYPE_RE.match(type_text or "")
         if not m or m["dt"] not in _FLOAT_DTYPES:
             continue
         n = 1
@@ -52,10 +52,11 @@ def parameter_count(g: CanonGraph) -> int:
                 n = 0
                 break
             n *= int(d)
-        total += n
+        total += n * count
     return total
 
 
+@functools.lru_cache(maxsize=1024)
 def _channels(type_text: str) -> int | None:
     dims = dims_of(type_text)
     if dims and len(dims) >= 2 and dims[1].isdigit():
@@ -215,15 +216,14 @@ def _widths(ga: CanonGraph, gb: CanonGraph, pairs: list[tuple[int, int]]) -> lis
 
 
 def _depths(sa: Any, sb: Any, la: list[str] | None, lb: list[str] | None) -> list[str]:
-    from exporter.graph.match import _scopes_usable
+    from exporter.graph.match import _scopes, _scopes_usable
 
     if not _scopes_usable(sa, sb):
         return []
 
     def repeats(side: Any) -> dict[str, set[str]]:
         out: dict[str, set[str]] = defaultdict(set)
-        for n in side.nodes:
-            s = module_scope(n.name)
+        for s in _scopes(side):
             if s and s[1]:
                 out[s[0]].add(s[1])
         return out

@@ -11,18 +11,13 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Callable
+from math import prod
 from pathlib import Path
 from typing import Any, TypeGuard
 
-from exporter.graph._canon import (
-    dtype_bytes,
-    dtype_long,
-    infer_value_types,
-    load_any,
-    no_gc,
-    numel,
-    shape_list,
-)
+from exporter.graph._canon import load_any, no_gc
+from exporter.graph.dtypes import _DTYPE_BITS, dtype_bytes, dtype_long, numel
+from exporter.graph.value_types import infer_value_types, shape_list
 
 __all__ = ["WATCHED_OPS", "FLOP_OPS", "inspect", "format_report"]
 
@@ -89,32 +84,39 @@ def inspect(path_or_model: str | os.PathLike[str] | Any) -> dict[str, Any]:
 
 def _inspect(model: Any, path: str | None) -> dict[str, Any]:
     g = model.graph
-    types = infer_value_types(model)
-    infer_error = types.error
-
-    init_names = {t.name for t in g.initializer}
-    # one pass over the nodes: protobuf field access is what costs on big graphs
+    # one pass per field over the nodes: protobuf field access is what costs on big graphs; inputs
+    # are read only for the ops that carry weights or FLOPs
     node_list = list(g.node)
     n_ops = [n.op_type for n in node_list]
     n_dom = [n.domain for n in node_list]
-    n_in = [list(n.input) for n in node_list]
-    n_out = [list(n.output) for n in node_list]
-    weights = _weight_names(g, (n_ops, n_in, n_out), init_names)
+    n_out = [n.output[:] for n in node_list]
+    n_in = {k: node_list[k].input[:] for k, op in enumerate(n_ops) if op in _READS_INPUTS}
+    init_rows = [(t.name, t.data_type, tuple(t.dims), t.data_location) for t in g.initializer]
+    init_meta = {name: (dt, dims) for name, dt, dims, _ in init_rows}
+    for st in g.sparse_initializer:
+        init_meta.setdefault(st.values.name, (st.values.data_type, tuple(st.dims)))
+    types = infer_value_types(model, node_outputs=n_out, inits=init_meta, texts=False)
+    infer_error = types.error
+
+    init_names = {t[0] for t in init_rows}
+    weights = _weight_names(g, (n_ops, node_list, n_out, n_in), init_names)
     params = param_bytes = other = other_bytes = other_count = 0
     ext_count = ext_bytes = 0
     ext_files: set[str] = set()
-    for t in g.initializer:
-        n = numel(t.dims)
-        if t.name in weights:
+    bits = _DTYPE_BITS.get
+    for (name, dt, dims, location), t in zip(init_rows, g.initializer, strict=True):
+        n = prod(dims)
+        nbytes = (n * bits(dt, 0) + 7) // 8  # dtype_bytes
+        if name in weights:
             params += n
-            param_bytes += dtype_bytes(t.data_type, n)
+            param_bytes += nbytes
         else:  # grids, anchors, shape constants, BatchNorm running statistics: not parameters
             other += n
-            other_bytes += dtype_bytes(t.data_type, n)
+            other_bytes += nbytes
             other_count += 1
-        if t.data_location == 1:
+        if location == 1:
             ext_count += 1
-            ext_bytes += dtype_bytes(t.data_type, n)
+            ext_bytes += nbytes
             loc = next((e.value for e in t.external_data if e.key == "location"), "")
             ext_files.add(loc)
     for st in g.sparse_initializer:
@@ -122,21 +124,33 @@ def _inspect(model: Any, path: str | None) -> dict[str, Any]:
         params += n
         param_bytes += dtype_bytes(st.values.data_type, n)
 
-    ops: Counter[str] = Counter()
+    default = ("", "ai.onnx")
+    if all(d in default for d in set(n_dom)):
+        ops: Counter[str] = Counter(n_ops)
+    else:
+        ops = Counter(op if d in default else f"{d}.{op}" for op, d in zip(n_ops, n_dom, strict=True))
     sub_nodes = 0
     flops_by_op: dict[str, int] = {}
     unknown: list[dict[str, str]] = []
     unknown_count = 0
-    for k, n in enumerate(node_list):
+    text = types.type_text
+    memo: dict[tuple, int | None] = {}  # FLOPs are a function of the op and its types' text
+    for k in [k for k, op in enumerate(n_ops) if op in _FLOP_OR_SUBGRAPH or n_dom[k] not in default]:
         op, domain = n_ops[k], n_dom[k]
-        ops[op if domain in ("", "ai.onnx") else f"{domain}.{op}"] += 1
-        if op in ("If", "Loop", "Scan") or domain not in ("", "ai.onnx"):
-            for a in n.attribute:
+        if op in ("If", "Loop", "Scan") or domain not in default:
+            for a in node_list[k].attribute:
                 for sg in ([a.g] if a.type == 5 else list(a.graphs) if a.type == 10 else []):
                     sub_nodes += _count_nodes(sg)
-        if op not in FLOP_OPS or domain not in ("", "ai.onnx"):
+        if op not in FLOP_OPS or domain not in default:
             continue
-        f = _node_flops(n, types.shape, n_in[k], n_out[k])
+        n = node_list[k]
+        ins, outs = n_in[k], n_out[k]
+        key = (op, len(ins), text(ins[0]) if ins and ins[0] else "", text(ins[1]) if len(ins) > 1 and ins[1] else "",
+               text(outs[0]) if outs and outs[0] else "",
+               next((at.i for at in n.attribute if at.name == "transA"), 0) if op == "Gemm" else 0)
+        f = memo.get(key, -1)
+        if f == -1:
+            f = memo[key] = _node_flops(n, types.shape, ins, outs)
         if f is None:
             unknown_count += 1
             if len(unknown) < _UNKNOWN_LISTED:
@@ -191,15 +205,19 @@ _WEIGHT_INPUTS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (0, 1, 2), "M
                   "Embedding": (0,), "Gather": ()}
 
 
-def _weight_names(g: Any, nodes: tuple[list[str], list[list[str]], list[list[str]]] | None = None,
+def _weight_names(g: Any, nodes: tuple[list[str], list[Any], list[Any], dict[int, list[str]]] | None = None,
                   init_names: set[str] | None = None) -> set[str]:
     """Initializers feeding a layer's weight or bias input (Conv W/B, Gemm/MatMul operands, BatchNorm
     scale/bias), also through a Cast or DequantizeLinear (a float16 file with float32 I/O).
 
-    ``nodes`` (op types, inputs, outputs per node) and ``init_names`` save reading the graph again."""
+    ``nodes`` (op types, the NodeProtos, their outputs, and the inputs of the nodes that take
+    weights, by index) and ``init_names`` save reading the graph again."""
     if nodes is None:
-        nodes = ([n.op_type for n in g.node], [list(n.input) for n in g.node], [list(n.output) for n in g.node])
-    n_ops, n_in, n_out = nodes
+        node_list = list(g.node)
+        ops_ = [n.op_type for n in node_list]
+        nodes = (ops_, node_list, [n.output for n in node_list],
+                 {k: node_list[k].input[:] for k, op in enumerate(ops_) if op in _WEIGHT_INPUTS})
+    n_ops, node_list, n_out, n_in = nodes
     producers: dict[str, int] | None = None  # built only when a weight input is not an initializer
     names: set[str] = set()
     for k, op in enumerate(n_ops):
@@ -215,13 +233,17 @@ def _weight_names(g: Any, nodes: tuple[list[str], list[list[str]], list[list[str
                 if producers is None:
                     producers = {o: j for j, outs in enumerate(n_out) for o in outs}
                 p = producers.get(src)
-                while p is not None and n_ops[p] in ("Cast", "DequantizeLinear", "Identity") and n_in[p]:
-                    src = n_in[p][0]
+                while p is not None and n_ops[p] in ("Cast", "DequantizeLinear", "Identity") and len(node_list[p].input):
+                    src = node_list[p].input[0]
                     p = producers.get(src)
             names.add(src)
     for t in g.sparse_initializer:
         names.add(t.values.name)
     return names
+
+
+_READS_INPUTS = frozenset(_WEIGHT_INPUTS) | frozenset(FLOP_OPS)
+_FLOP_OR_SUBGRAPH = frozenset(FLOP_OPS) | {"If", "Loop", "Scan"}
 
 
 def _count_nodes(graph: Any) -> int:

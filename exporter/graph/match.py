@@ -10,7 +10,9 @@ Two candidate matchings of the canonical node sequences are built and the better
 
 Inside each unmatched stretch both pair nodes by op alone. The matching with more pairs of equal
 structure wins; ties go to the one with more pairs of equal shapes. Names only guide the
-alignment and are never reported as a difference.
+alignment and are never reported as a difference. When the exact matching pairs as many nodes as
+the smaller graph has, all with equal signatures, nothing can beat it and the structural one is
+not built.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from exporter.graph._canon import CNode, strip_hashes
 from exporter.graph.scopes import module_scope
+from exporter.graph.tensors import strip_hashes
 
 
 def layer_of(name: str | None) -> str | None:
@@ -28,10 +30,22 @@ def layer_of(name: str | None) -> str | None:
     return s[0] if s else None
 
 
+_SCOPED = ("model.", "/model.")  # every name module_scope accepts starts so
+
+
+def _scopes(side: Any) -> list[tuple[str, str | None] | None]:
+    """The module scope of every node of a side (computed once per side)."""
+    cached = getattr(side, "_scopes", None)
+    if cached is None:
+        cached = [module_scope(name) if name and name.startswith(_SCOPED) else None
+                  for name in [n.name for n in side.nodes]]
+        side._scopes = cached
+    return cached
+
+
 def _scopes_usable(sa: Any, sb: Any) -> bool:
     """Both graphs name most nodes with layer scopes, and mostly the same ones."""
-    xa = [module_scope(n.name) for n in sa.nodes]
-    xb = [module_scope(n.name) for n in sb.nodes]
+    xa, xb = _scopes(sa), _scopes(sb)
     if not xa or not xb:
         return False
     if sum(s is not None for s in xa) < 0.5 * len(xa) or sum(s is not None for s in xb) < 0.5 * len(xb):
@@ -40,49 +54,66 @@ def _scopes_usable(sa: Any, sb: Any) -> bool:
     return len(la & lb) >= 0.5 * max(len(la), len(lb))
 
 
-def match_nodes(sa: Any, sb: Any, ignore_values: bool, notes: list[str],
-                align: Callable[[list[int], list[int], list[str]], list[tuple[int, int]]]) -> list[tuple[int, int]]:
-    """Matched (A index, B index) pairs; ``sa``/``sb`` are the diff's per-graph lookups."""
-    attr_keys: dict[int, tuple] = {}  # rendered attribute dicts are shared between nodes: key by id
+class Matching:
+    """The matched pairs, and per pair whether both nodes have the same signature (op, attributes as
+    compared, data-input and output types): :func:`exporter.graph.diff_compare.compare_pairs` checks
+    such a pair for sources and constant inputs only."""
 
-    def attrs_of(n: CNode) -> tuple:
-        key = attr_keys.get(id(n.attrs))
+    def __init__(self, pairs: list[tuple[int, int]], same: list[bool]) -> None:
+        self.pairs = pairs
+        self.same = same
+
+
+def match(sa: Any, sb: Any, ignore_values: bool, notes: list[str],
+          align: Callable[[list[int], list[int], list[str]], list[tuple[int, int]]]) -> Matching:
+    """The :class:`Matching` of two sides (the diff's per-graph lookups, with ``data_types``)."""
+    attr_ids: dict[int, int] = {}  # rendered attribute dicts are shared between nodes: keyed by id
+    attr_intern: dict[tuple, int] = {}
+
+    def attrs_of(n: Any) -> int:
+        key = attr_ids.get(id(n.attrs))
         if key is None:
-            key = tuple((k, strip_hashes(v)) for k, v in n.attrs.items()) if ignore_values else tuple(n.attrs.items())
-            attr_keys[id(n.attrs)] = key
+            items = tuple((k, strip_hashes(v)) for k, v in n.attrs.items()) if ignore_values else tuple(n.attrs.items())
+            key = attr_ids[id(n.attrs)] = attr_intern.setdefault(items, len(attr_intern))
         return key
 
+    # exact signatures, interned to ints shared by both sides
+    intern: dict[tuple, int] = {}
+
+    def exact_sigs(side: Any) -> list[int]:
+        out: list[int] = []
+        append = out.append
+        aget = attr_ids.get
+        for n, dt in zip(side.nodes, side.data_types, strict=True):
+            a = aget(id(n.attrs))
+            if a is None:
+                a = attrs_of(n)
+            key = (n.op, a, dt, tuple(n.output_types))
+            s = intern.get(key)
+            if s is None:
+                s = intern[key] = len(intern)
+            append(s)
+        return out
+
+    sig_a, sig_b = exact_sigs(sa), exact_sigs(sb)
     use_scope = _scopes_usable(sa, sb)
 
-    # each key is asked for up to three times per node (two alignments, two scores): computed once
     struct_keys: dict[tuple[int, int], tuple] = {}
-    exact_keys: dict[tuple[int, int], tuple] = {}
 
-    def struct_key(side: Any, n: CNode) -> tuple:
+    def struct_key(side: Any, n: Any) -> tuple:
         k = (id(side), n.index)
         key = struct_keys.get(k)
         if key is None:
-            scope = module_scope(n.name) if use_scope else None
-            key = struct_keys[k] = (scope, n.op, attrs_of(n), len(side.data[n.index]), len(n.outputs))
+            scope = _scopes(side)[n.index] if use_scope else None
+            key = struct_keys[k] = (scope, n.op, attrs_of(n), len(side.data_types[n.index]), len(n.outputs))
         return key
 
-    def exact_key(side: Any, n: CNode) -> tuple:
-        k = (id(side), n.index)
-        key = exact_keys.get(k)
-        if key is None:
-            key = exact_keys[k] = (n.op, attrs_of(n), tuple([t for _, _, t in side.data[n.index]]),
-                                   tuple(n.output_types))
-        return key
-
-    def coarse_key(side: Any, n: CNode) -> Any:
+    def coarse_key(side: Any, n: Any) -> Any:
         # the op alone; a node without data inputs (Constant, ...) pairs only with one of its type
-        return n.op if side.data[n.index] else (n.op, tuple(n.output_types))
+        return n.op if side.data_types[n.index] else (n.op, tuple(n.output_types))
 
-    def run(first: Callable[[Any, CNode], Any]) -> list[tuple[int, int]]:
-        intern: dict[Any, int] = {}
-        sig_a = [intern.setdefault(first(sa, n), len(intern)) for n in sa.nodes]
-        sig_b = [intern.setdefault(first(sb, n), len(intern)) for n in sb.nodes]
-        anchored = align(sig_a, sig_b, notes)
+    def run(first_a: list[Any], first_b: list[Any]) -> list[tuple[int, int]]:
+        anchored = align(first_a, first_b, notes)
         ops_id: dict[Any, int] = {}
         pairs: list[tuple[int, int]] = []
         prev_a = prev_b = -1
@@ -104,13 +135,27 @@ def match_nodes(sa: Any, sb: Any, ignore_values: bool, notes: list[str],
             a, b = sa.nodes[ia], sb.nodes[ib]
             if struct_key(sa, a) == struct_key(sb, b):  # with layer scopes where both files have them
                 same_struct += 1
-                if exact_key(sa, a) == exact_key(sb, b):
+                if sig_a[ia] == sig_b[ib]:
                     same_exact += 1
         return same_struct, same_exact, len(pairs)
 
-    exact = run(exact_key)
-    if sa.nodes and sb.nodes and exact and len(exact) == len(sa.nodes) == len(sb.nodes) \
-            and all(exact_key(sa, sa.nodes[i]) == exact_key(sb, sb.nodes[j]) for i, j in exact):
-        return exact  # identical structure and shapes: nothing to improve
-    structural = run(struct_key)
-    return structural if score(structural) > score(exact) else exact
+    def result(pairs: list[tuple[int, int]]) -> Matching:
+        return Matching(pairs, [sig_a[i] == sig_b[j] for i, j in pairs])
+
+    exact = run(sig_a, sig_b)
+    m = min(len(sa.nodes), len(sb.nodes))
+    if exact and len(exact) == m and all(sig_a[i] == sig_b[j] for i, j in exact):
+        # as many pairs as there can be, every one with equal signatures: equal structure too (the
+        # signature holds the op, attributes and arity), unless scopes differ
+        if not use_scope or all(struct_key(sa, sa.nodes[i]) == struct_key(sb, sb.nodes[j]) for i, j in exact):
+            return Matching(exact, [True] * len(exact))
+    intern_s: dict[tuple, int] = {}
+    structural = run([intern_s.setdefault(struct_key(sa, n), len(intern_s)) for n in sa.nodes],
+                     [intern_s.setdefault(struct_key(sb, n), len(intern_s)) for n in sb.nodes])
+    return result(structural if score(structural) > score(exact) else exact)
+
+
+def match_nodes(sa: Any, sb: Any, ignore_values: bool, notes: list[str],
+                align: Callable[[list[int], list[int], list[str]], list[tuple[int, int]]]) -> list[tuple[int, int]]:
+    """Matched (A index, B index) pairs; ``sa``/``sb`` are the diff's per-graph lookups."""
+    return match(sa, sb, ignore_values, notes, align).pairs

@@ -58,16 +58,17 @@ def only_constant_nodes_to_fold(model: ModelProto) -> bool:
     """True for a static graph in which no node but ``Constant`` (with a tensor ``value``) has only
     constant inputs, and no Identity is left: then lifting the Constant nodes is all there is to fold.
     (With dynamic axes, onnxscript also folds shape arithmetic on the dimensions that are known.)"""
+    from exporter.graph.constants import graph_constant_nodes
+
     for i in model.graph.input:
         if not all(d.HasField("dim_value") for d in i.type.tensor_type.shape.dim):
             return False
-    consts = {i.name for i in model.graph.initializer}
-    for n in model.graph.node:
+    constant, _ = graph_constant_nodes(model.graph)  # the rule the snapshot, diff and drawing share
+    for n, is_constant in zip(model.graph.node, constant, strict=True):
         if n.op_type == "Constant":
             if [a.name for a in n.attribute] != ["value"]:
                 return False
-            consts.update(n.output)
-        elif n.op_type == "Identity" or (n.input and all(not i or i in consts for i in n.input)):
+        elif n.op_type == "Identity" or (is_constant and len(n.input)):
             return False
     return True
 

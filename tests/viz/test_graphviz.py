@@ -151,6 +151,48 @@ def test_highlight_collapsed(toy_onnx, toy_fused_onnx):
     assert labels["b4"] == "4: Upsample\n1×32×16×16"
 
 
+def _chain(prefix: str = "", *, extra: bool = False, reverse: bool = False):
+    """x -> Conv -> Relu -> Conv -> Relu -> Add(skip) -> y; ``extra`` puts a Sigmoid after the
+    first Relu; ``prefix`` renames nodes and values; ``reverse`` reverses the node list."""
+    import numpy as np
+    from onnx import TensorProto, numpy_helper
+
+    p = prefix
+    w = [numpy_helper.from_array(np.full((4, 4, 3, 3), k, np.float32), f"{p}w{k}") for k in (1, 2)]
+    after_relu = f"{p}s" if extra else f"{p}r1"
+    nodes = [helper.make_node("Conv", ["x", f"{p}w1"], [f"{p}c1"], name=f"{p}conv1", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", [f"{p}c1"], [f"{p}r1"], name=f"{p}relu1")]
+    if extra:
+        nodes.append(helper.make_node("Sigmoid", [f"{p}r1"], [f"{p}s"], name=f"{p}sigmoid"))
+    nodes += [helper.make_node("Conv", [after_relu, f"{p}w2"], [f"{p}c2"], name=f"{p}conv2", kernel_shape=[3, 3],
+                               pads=[1, 1, 1, 1]),
+              helper.make_node("Relu", [f"{p}c2"], [f"{p}r2"], name=f"{p}relu2"),
+              helper.make_node("Add", [f"{p}r2", "x"], ["y"], name=f"{p}add")]
+    if reverse:
+        nodes = nodes[::-1]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])
+    return helper.make_model(helper.make_graph(nodes, "chain", [x], [y], w), opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_highlight_is_the_structural_diff():
+    """The node added in the second file, and only that node, is highlighted, as `yexport diff`
+    reports it: matching is by structure, not by names or the order of the node list."""
+    from exporter.graph.diff import diff
+
+    first, second = _chain(), _chain("renamed_", extra=True, reverse=True)
+    graph = gv.build_dot(second, highlight=first)
+    assert (graph.added, graph.removed) == (1, 0)
+    green = [label for label in node_labels(graph.text).values() if label.startswith("+ ")]
+    assert green == ["+ Sigmoid"]
+    assert "#2e7d32" in next(line for line in graph.text.splitlines() if '"+ Sigmoid"' in line)
+    result = diff(first, second)
+    assert [e["op"] for e in result.added] == ["Sigmoid"] and not result.removed
+    back = gv.build_dot(first, highlight=second)  # the other way round: removed, drawn dashed
+    assert (back.added, back.removed) == (0, 1)
+    assert any(label == "− Sigmoid" for label in node_labels(back.text).values())
+
+
 def test_unknown_collapse_is_config_error(toy_onnx):
     with pytest.raises(ConfigError):
         gv.to_dot(toy_onnx, collapse="layers")
