@@ -337,7 +337,7 @@ def compare_init(ia: CInit, ib: CInit, ignore_values: bool, atol: float) -> dict
         if ia.same_content(ib):  # inline bytes compared as they are, anything else streamed into a hash
             return None
         if ia.external or ib.external:
-            from exporter.graph.load import compare_streamed
+            from exporter.graph.tensors import compare_streamed
 
             return compare_streamed(ia, ib, atol)
         da, db = ia.data(), ib.data()

@@ -12,7 +12,7 @@ input (a pull request can carry one), so before anything is read:
   size must fit in the file (checked with ``stat``, before any read).
 
 External data is then read only by the commands that need values (hashes and value differences
-are streamed in chunks by :func:`iter_external` and :func:`compare_streamed`); shape inference runs
+are streamed in chunks by :func:`iter_external` and :func:`exporter.graph.tensors.compare_streamed`); shape inference runs
 on a weight-free copy (:mod:`exporter.graph.infer`).
 """
 
@@ -193,7 +193,7 @@ def _all_plain(model: Any) -> bool:
 
 def declared_bytes(tensor: Any) -> int:
     """Bytes the tensor's dtype and shape call for (0 for strings, whose size is not declared)."""
-    from exporter.graph._canon import dtype_bytes, numel
+    from exporter.graph.dtypes import dtype_bytes, numel
 
     return dtype_bytes(int(tensor.data_type), numel(tensor.dims))
 
@@ -212,7 +212,7 @@ def check_tensor(tensor: Any, base: Path, *, where: str, need_data: bool = False
         raise InputError(f"{where}: negative dimension in shape {list(tensor.dims)}")
     if tensor.data_location == _EXTERNAL:
         return external_data(tensor, base, where=where, need_file=need_data)
-    from exporter.graph._canon import numel
+    from exporter.graph.dtypes import numel
 
     n = numel(tensor.dims)
     if tensor.data_type == _STRING:
@@ -311,60 +311,3 @@ def iter_external(tensor: Any, base_dir: str | Path | None, chunk: int = CHUNK) 
     where = f"initializer {tensor.name!r}"
     ref = external_data(tensor, Path(base_dir or "."), where=where, need_file=True)
     yield from _read_external(ref, where, chunk)
-
-
-# ---------------------------------------------------------------------------------------------
-# comparing two tensors without holding either
-
-
-def _blocks(chunks: Iterator[bytes], size: int) -> Iterator[bytes]:
-    """Re-cut a stream of byte chunks into blocks of exactly ``size`` bytes (the last may be short)."""
-    buf = bytearray()
-    for c in chunks:
-        buf += c
-        while len(buf) >= size:
-            yield bytes(buf[:size])
-            del buf[:size]
-    if buf:
-        yield bytes(buf)
-
-
-def compare_streamed(ia: Any, ib: Any, atol: float) -> dict[str, Any] | None:
-    """Value difference of two initializers (``exporter.graph._canon.CInit``) whose contents differ,
-    read block by block from both sides: memory stays at a few MiB whatever the tensor size.
-    ``None`` when every element differs by at most ``atol``; otherwise the diff entry."""
-    import numpy as np
-    from onnx import helper
-
-    from exporter.graph._canon import _DTYPE_BITS, _tensor_chunks
-
-    differ = {"kind": "values", "a": ia.type, "b": ib.type, "detail": "bytes differ"}
-    elem = int(ia.elem_type or 0)
-    if elem != int(ib.elem_type or 0) or tuple(ia.dims) != tuple(ib.dims) or _DTYPE_BITS.get(elem, 0) < 8 \
-            or elem == _STRING:
-        return differ
-    try:
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(elem)).newbyteorder("<")
-    except (KeyError, TypeError, ValueError):
-        return differ
-    if dtype.kind not in "biuf":
-        return differ
-    block = CHUNK - CHUNK % dtype.itemsize
-    dmax, nan = 0.0, False
-    pairs = zip(_blocks(_tensor_chunks(ia.tensor, ia.base_dir), block),
-                _blocks(_tensor_chunks(ib.tensor, ib.base_dir), block), strict=True)
-    for xa, xb in pairs:
-        a, b = np.frombuffer(xa, dtype=dtype), np.frombuffer(xb, dtype=dtype)
-        if dtype.kind == "f" and dtype.itemsize >= 4:
-            delta = np.abs(a - b)
-        else:
-            delta = np.abs(a.astype(np.float64) - b.astype(np.float64))
-        if delta.size:
-            m = float(delta.max())
-            nan = nan or m != m
-            dmax = max(dmax, m) if m == m else dmax
-    if nan:
-        dmax = float("nan")
-    if dmax <= atol:
-        return None
-    return {**differ, "detail": f"max |delta| {dmax:.4g}", "max_abs_diff": dmax}
