@@ -231,7 +231,21 @@ def _child(cmd: list[str], env: dict[str, str]) -> tuple[float, float, float]:
 def against_load(a: Path, b: Path, repeat: int, folder: Path) -> dict[str, Any]:
     """Whole commands on a big graph against the floor ``python -c "import onnx; onnx.load(F)"``: the
     commands take turns; per-round CPU ratios (the fairer number on a busy machine), medians; peak
-    RSS against the floor's."""
+    RSS against the floor's.
+
+    The commands are started from a small interpreter of their own: Linux counts the memory of the
+    process that forked a command in its peak RSS (kept across ``exec``), so a bench process holding
+    the 50k-node graphs would report its own size for every command."""
+    code = ("import json, sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
+            "from bench.graph_scale import _against_load_here as f; "
+            "print(json.dumps(f(Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]), Path(sys.argv[5]))))")
+    proc = subprocess.run([sys.executable, "-c", code, str(ROOT), str(a), str(b), str(repeat), str(folder)],
+                          capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _against_load_here(a: Path, b: Path, repeat: int, folder: Path) -> dict[str, Any]:
+    """:func:`against_load`, in this (small) process."""
     import statistics
 
     yexport = [sys.executable, "-m", "exporter.cli.main"]
@@ -251,7 +265,8 @@ def against_load(a: Path, b: Path, repeat: int, folder: Path) -> dict[str, Any]:
     for r in range(repeat):
         for name in names[r % len(names):] + names[:r % len(names)]:
             runs[name].append(_child(cmds[name], env))
-    out: dict[str, Any] = {"repeat": repeat, "commands": {}, "ratios": {}}
+    out: dict[str, Any] = {"repeat": repeat, "commands": {}, "ratios": {},
+                           "rounds": {k: [round(x[1], 3) for x in v] for k, v in runs.items()}}
     for name, v in runs.items():
         out["commands"][name] = {"wall": statistics.median(x[0] for x in v), "cpu": statistics.median(x[1] for x in v),
                                  "peak_rss_mib": max(x[2] for x in v)}

@@ -25,6 +25,7 @@ import contextlib
 import gc
 import hashlib
 import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -98,12 +99,14 @@ class _Canonicalizer:
         n_attrs: list[dict[str, str]] = []
         with_graphs: list[int] = []
         render_attrs = self._attrs.render
+        intern = sys.intern  # a few distinct op types: one string each
         for nd in nodes:
             n_in.append(nd.input[:])
             n_out.append(nd.output[:])
             domain = nd.domain
-            n_op.append(nd.op_type if not domain or domain == "ai.onnx" else f"{domain}.{nd.op_type}")
-            n_name.append(nd.name)
+            n_op.append(intern(nd.op_type) if not domain or domain == "ai.onnx" else f"{domain}.{nd.op_type}")
+            if not text:  # node names are not part of a snapshot
+                n_name.append(nd.name)
             attrs = nd.attribute
             if attrs:
                 rendered = render_attrs(attrs)

@@ -216,11 +216,15 @@ _LOCATION = b"location"
 
 
 def _load_pair(a: Any, b: Any) -> tuple[CanonGraph, CanonGraph]:
-    """Both canonical graphs; two byte-identical files are read once."""
+    """Both canonical graphs; two byte-identical files are read once. A's initializers let go of
+    its ModelProto before B is read (only one parsed model is in memory at a time)."""
     ga = load_graph(a)
     if ga.kind == "onnx" and _same_bytes(a, b)[0] and (
             not any(i.external for i in ga.initializers) or Path(a).resolve().parent == Path(b).resolve().parent):
         return ga, dataclasses.replace(ga, path=str(b))
+    if ga.kind == "onnx" and isinstance(a, (str, os.PathLike)):  # the model was ours: it can go
+        for i in ga.initializers:
+            i.detach()
     return ga, load_graph(b)
 
 

@@ -333,7 +333,7 @@ def compare_init(ia: CInit, ib: CInit, ignore_values: bool, atol: float) -> dict
         return {"kind": "type", "a": ia.type, "b": ib.type}
     if ignore_values:
         return None
-    if ia.tensor is not None and ib.tensor is not None:
+    if ia.has_values and ib.has_values:
         if ia.same_content(ib):  # inline bytes compared as they are, anything else streamed into a hash
             return None
         if ia.external or ib.external:
@@ -358,7 +358,7 @@ def compare_init(ia: CInit, ib: CInit, ignore_values: bool, atol: float) -> dict
         except Exception:  # noqa: BLE001 - packed or odd dtypes: bytes differ is all we know
             pass
         return {"kind": "values", "a": ia.type, "b": ib.type, "detail": "bytes differ"}
-    ha, hb = ia._digest if ia.tensor is None else ia.digest(), ib._digest if ib.tensor is None else ib.digest()
+    ha, hb = ia.digest() if ia.has_values else ia._digest, ib.digest() if ib.has_values else ib._digest
     if ha is None or hb is None or ha == hb:
         return None
     return {"kind": "values", "a": ia.type, "b": ib.type, "detail": f"hash {ha} -> {hb}"}

@@ -133,8 +133,8 @@ def _inspect(model: Any, path: str | None) -> dict[str, Any]:
     flops_by_op: dict[str, int] = {}
     unknown: list[dict[str, str]] = []
     unknown_count = 0
-    text = types.type_text
-    memo: dict[tuple, int | None] = {}  # FLOPs are a function of the op and its types' text
+    init_of, declared_of = types.inits.get, types.declared.get
+    memo: dict[tuple, int | None] = {}  # FLOPs are a function of the op and its values' types
     for k in [k for k, op in enumerate(n_ops) if op in _FLOP_OR_SUBGRAPH or n_dom[k] not in default]:
         op, domain = n_ops[k], n_dom[k]
         if op in ("If", "Loop", "Scan") or domain not in default:
@@ -145,8 +145,13 @@ def _inspect(model: Any, path: str | None) -> dict[str, Any]:
             continue
         n = node_list[k]
         ins, outs = n_in[k], n_out[k]
-        key = (op, len(ins), text(ins[0]) if ins and ins[0] else "", text(ins[1]) if len(ins) > 1 and ins[1] else "",
-               text(outs[0]) if outs and outs[0] else "",
+        # each value by its type: an initializer's (elem_type, dims), or the declared type (one object per
+        # distinct type); None for unknown
+        x0 = ins[0] if ins else ""
+        x1 = ins[1] if len(ins) > 1 else ""
+        y = outs[0] if outs else ""
+        key = (op, len(ins), (init_of(x0) or declared_of(x0)) if x0 else None,
+               (init_of(x1) or declared_of(x1)) if x1 else None, (init_of(y) or declared_of(y)) if y else None,
                next((at.i for at in n.attribute if at.name == "transA"), 0) if op == "Gemm" else 0)
         f = memo.get(key, -1)
         if f == -1:

@@ -31,34 +31,72 @@ class CInit:
     tensor: Any = None  # TensorProto (ONNX files only)
     base_dir: str | None = None
     _digest: str | None = None
+    raw: bytes | None = None  # inline bytes kept by detach(), when the ModelProto is let go
 
     @property
     def external(self) -> bool:
         return self.tensor is not None and self.tensor.data_location == _EXTERNAL
 
+    @property
+    def has_values(self) -> bool:
+        """The values can be read (an ONNX file's initializer; a snapshot holds hashes only)."""
+        return self.tensor is not None or self.raw is not None
+
+    def detach(self) -> None:
+        """Hold the values without the ModelProto they came from (a TensorProto keeps the whole
+        model alive): inline raw bytes as they are, any other tensor as a copy of its own (external
+        data stays in its file)."""
+        t = self.tensor
+        if t is None:
+            return
+        if t.data_location != _EXTERNAL and t.HasField("raw_data"):
+            self.raw, self.tensor = t.raw_data, None
+        else:
+            from onnx import TensorProto
+
+            copy = TensorProto()
+            copy.CopyFrom(t)
+            self.tensor = copy
+
+    def _inline(self) -> bytes | None:
+        if self.raw is not None:
+            return self.raw
+        t = self.tensor
+        if t is not None and t.data_location != _EXTERNAL and t.HasField("raw_data"):
+            return t.raw_data
+        return None
+
+    def chunks(self) -> Iterator[bytes]:
+        """The canonical little-endian bytes, in chunks (external data in 1 MiB reads)."""
+        if self.raw is not None:
+            yield self.raw
+        else:
+            yield from _tensor_chunks(self.tensor, self.base_dir)
+
     def digest(self) -> str:
         """Content hash (sha256 of the little-endian bytes, first 16 hex digits). External data is
         read in 1 MiB chunks, never all at once."""
         if self._digest is None:
-            t = self.tensor
-            if t is not None and t.data_location != _EXTERNAL and t.HasField("raw_data"):
-                self._digest = hashlib.sha256(t.raw_data).hexdigest()[:_HASH_CHARS]
+            data = self._inline()
+            if data is not None:
+                self._digest = hashlib.sha256(data).hexdigest()[:_HASH_CHARS]
             else:
-                self._digest = _tensor_digest(t, self.base_dir)
+                self._digest = _tensor_digest(self.tensor, self.base_dir)
         return self._digest
 
     def same_content(self, other: CInit) -> bool:
         """Both hold the same bytes: inline raw data is compared as it is, anything else by hash."""
-        ta, tb = self.tensor, other.tensor
-        if self._digest is None and other._digest is None and ta is not None and tb is not None \
-                and ta.data_location != _EXTERNAL and tb.data_location != _EXTERNAL \
-                and ta.HasField("raw_data") and tb.HasField("raw_data"):
-            return ta.raw_data == tb.raw_data
+        if self._digest is None and other._digest is None:
+            xa = self._inline()
+            if xa is not None:
+                xb = other._inline()
+                if xb is not None:
+                    return xa == xb
         return self.digest() == other.digest()
 
     def data(self) -> bytes:
         """The tensor's canonical little-endian bytes (external data read from its file)."""
-        chunks = list(_tensor_chunks(self.tensor, self.base_dir))
+        chunks = list(self.chunks())
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def array(self, data: bytes | None = None) -> Any:
@@ -67,7 +105,7 @@ class CInit:
         from onnx import helper
 
         elem_type = int(self.elem_type or 0)
-        if self.tensor.data_location == _EXTERNAL or self.tensor.HasField("raw_data"):
+        if self.raw is not None or self.tensor.data_location == _EXTERNAL or self.tensor.HasField("raw_data"):
             if _DTYPE_BITS.get(elem_type, 0) < 8:
                 raise ValueError("packed sub-byte tensors are compared by bytes only")
             np_dtype = np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)).newbyteorder("<")
@@ -177,8 +215,7 @@ def compare_streamed(ia: Any, ib: Any, atol: float) -> dict[str, Any] | None:
 
     block = CHUNK - CHUNK % dtype.itemsize
     dmax, nan = 0.0, False
-    pairs = zip(_blocks(_tensor_chunks(ia.tensor, ia.base_dir), block),
-                _blocks(_tensor_chunks(ib.tensor, ib.base_dir), block), strict=True)
+    pairs = zip(_blocks(ia.chunks(), block), _blocks(ib.chunks(), block), strict=True)
     for xa, xb in pairs:
         a, b = np.frombuffer(xa, dtype=dtype), np.frombuffer(xb, dtype=dtype)
         if dtype.kind == "f" and dtype.itemsize >= 4:

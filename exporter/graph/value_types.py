@@ -144,7 +144,10 @@ class ValueTypes:
         """Take the types of ``vis`` (ValueInfoProtos); ``typed_only`` skips those without a type."""
         by_key, declared, keep = self._by_key, self.declared, self.keep
         for vi in vis:
-            key = _type_key(vi)
+            key = vi.SerializeToString()  # _type_key, inline: the name (field 1) cut off
+            if key[:1] == b"\n":
+                n = key[1]
+                key = key[2 + n:] if n < 0x80 else _type_key(vi)
             t = by_key.get(key)
             if t is None:
                 t = by_key[key] = _Type(vi.type, keep)
