@@ -83,9 +83,6 @@ class CanonGraph:
 
     def producers(self) -> dict[str, tuple[int, int]]:
         """ref -> (node index, output slot)."""
-        out: dict[str, tuple[int, int]] = {}
-        for n in self.nodes:
-            for j, r in enumerate(n.outputs):
-                out[r] = (n.index, j)
+        out = {r: (n.index, j) for n in self.nodes for j, r in enumerate(n.outputs)}
         out.pop("_", None)
         return out

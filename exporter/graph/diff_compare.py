@@ -187,22 +187,25 @@ def compare_pairs(sa: Side, sb: Side, pairs: list[tuple[int, int]], match: dict[
     and output types): only sources and constant inputs are left to check for it."""
     ga, gb = sa.g, sb.g
     seen: set[tuple[str, str]] = set()
-    pa_get, pb_get = sa.prod.get, sb.prod.get
-    data_refs_a, data_refs_b = sa.data_refs, sb.data_refs
+    pa_get, pb_get, m_get = sa.prod.get, sb.prod.get, match.get
+    slots_a, slots_b = sa.slots, sb.slots
     nodes_a, nodes_b = ga.nodes, gb.nodes
     for k, (ia, ib) in enumerate(pairs):
         na, nb = nodes_a[ia], nodes_b[ib]
         if same_sig is not None and same_sig[k]:
             # the fast path: with equal signatures only the sources of the data inputs (each from the
             # matched counterpart of its producer?) and the constant inputs are left to compare
-            da, db = data_refs_a(ia), data_refs_b(ib)
+            sla, slb = slots_a[ia], slots_b[ib]
+            ins_a, ins_b = na.inputs, nb.inputs
+            da = ins_a if sla is None else [ins_a[j] for j in sla]  # Side.data_refs, inline
+            db = ins_b if slb is None else [ins_b[j] for j in slb]
             for ra, rb in zip(da, db, strict=True):
                 pa, pb = pa_get(ra), pb_get(rb)
-                if pa is None or pb is None or pa[1] != pb[1] or match.get(pa[0]) != pb[0]:
+                if pa is None or pb is None or pa[1] != pb[1] or m_get(pa[0]) != pb[0]:
                     break
             else:
                 changes: list[str] = []
-                if len(da) != len(na.inputs) or len(db) != len(nb.inputs):
+                if sla is not None or slb is not None:  # constant (or omitted) inputs to compare
                     _constant_inputs(sa, sb, ia, ib, ignore_values, atol, res, seen, changes)
                 if changes:
                     res.changed.append({"a": f"%{ia}", "b": f"%{ib}", "op": nb.op, "name": nb.name or na.name,
