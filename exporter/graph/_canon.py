@@ -21,16 +21,11 @@ Never imports torch; onnx is imported inside the functions.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import hashlib
-import os
 import sys
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-from exporter.errors import InputError
 from exporter.graph.attr_text import _GRAPH_MARK, _NO_ATTRS, AttrTexts
 from exporter.graph.canon_graph import CanonGraph, CInit, CNode, CValue
 from exporter.graph.canon_order import canonical_order
@@ -53,6 +48,7 @@ from exporter.graph.snapshot_text import (  # noqa: F401 - re-exported
     render_snapshot,
     split_top,
 )
+from exporter.graph.sources import load_any, no_gc  # noqa: F401 - re-exported
 from exporter.graph.tensors import (  # noqa: F401
     _HASH_CHARS,
     _tensor_chunks,
@@ -340,24 +336,6 @@ class _Canonicalizer:
         return lines, outer_map
 
 
-@contextlib.contextmanager
-def no_gc() -> Iterator[None]:
-    """Pause the cyclic garbage collector: building tens of thousands of small acyclic objects
-    otherwise triggers full collections over and over."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            if not gc.get_freeze_count():  # nothing frozen by the application: ours to use
-                # what was made meanwhile joins the oldest generation without a scan (the first
-                # collection after re-enabling would otherwise walk all of it at once)
-                gc.freeze()
-                gc.unfreeze()
-            gc.enable()
-
-
 def canonicalize(model: Any, *, base_dir: str | None = None, path: str | None = None,
                  text: bool = False) -> CanonGraph:
     """The canonical view of a ModelProto (weights are only touched when a hash is asked for).
@@ -381,15 +359,3 @@ def canonicalize(model: Any, *, base_dir: str | None = None, path: str | None = 
                           node_lines=nodes, order=c.order)  # type: ignore[arg-type]
     return CanonGraph("onnx", path, int(model.ir_version), dict(sorted(opsets.items())), dict(sorted(meta.items())),
                       inputs, outputs, inits, nodes, producer, notes, order=c.order)  # type: ignore[arg-type]
-
-
-def load_any(src: Any) -> Any:
-    """(ModelProto, base_dir, path) from a path or a ModelProto."""
-    from exporter.graph.load import load_onnx
-
-    if isinstance(src, (str, os.PathLike)):
-        p = Path(src)
-        return load_onnx(p, load_weights=False), str(p.resolve().parent), str(src)
-    if hasattr(src, "graph") and hasattr(src, "opset_import"):
-        return src, None, None
-    raise InputError(f"expected an ONNX file path or a ModelProto, got {type(src).__name__}")

@@ -15,8 +15,8 @@ from math import prod
 from pathlib import Path
 from typing import Any, TypeGuard
 
-from exporter.graph._canon import load_any, no_gc
 from exporter.graph.dtypes import _DTYPE_BITS, dtype_bytes, dtype_long, numel
+from exporter.graph.sources import load_any, no_gc
 from exporter.graph.value_types import infer_value_types, shape_list
 
 __all__ = ["WATCHED_OPS", "FLOP_OPS", "inspect", "format_report"]
