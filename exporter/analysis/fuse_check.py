@@ -17,10 +17,11 @@ from torch import nn
 
 from exporter.errors import ModelError
 from exporter.options import InputSpec
+from exporter.parity.compare import DEFAULT_ATOL, DEFAULT_RTOL
 
 DEFAULT_THRESHOLD = 1e-5  # fp32 fusion lands around 3e-7 relative error with real statistics
-PARITY_ATOL = 1e-3
-PARITY_RTOL = 1e-3
+# the explicit parity tolerance's defaults (one place: exporter.parity.compare)
+PARITY_ATOL, PARITY_RTOL = DEFAULT_ATOL, DEFAULT_RTOL
 
 
 @dataclass
