@@ -199,8 +199,8 @@ def build_reference(model: Any, shapes: list[tuple[int, ...]], *, inputs: int | 
     ``device``; for float16 files PyTorch's float16 on CUDA, or :func:`fp16_storage` on the CPU) and the
     float64 truth on the CPU; with ``exported`` (the module that was captured, when it differs from
     ``model``), its fp32 forward too, on the first input (:data:`EXPORTED_CASES`). ``truth=False`` skips
-    the float64 forward (the explicit tolerance rule needs none). For float16 files every input is rounded to float16 first, so all forwards see
-    the values the file sees. ``cuda_floor``: also measure the floor with PyTorch on CUDA (for the CUDA
+    the float64 forward (the explicit tolerance rule needs none). For float16 files every input is rounded
+    to float16 first, so all forwards see the values the file sees. ``cuda_floor``: also measure the floor with PyTorch on CUDA (for the CUDA
     provider), where torch can use CUDA."""
     import torch
 
