@@ -195,21 +195,18 @@ def test_every_option_a_graph_changing_stage_reads_is_declared_graph_shaping() -
                 read.setdefault(current[0], set()).add(name)
             return super().__getattribute__(name)
 
-    def tracked(stage: Stage) -> Stage:
-        def run(ctx: Context) -> Context:
-            current[0] = stage.name
+    def within(name: str, fn: Any) -> Any:
+        """``fn`` with every option it reads counted for stage ``name``."""
+        def call(arg: Any) -> Any:
+            current[0] = name
             try:
-                return stage.run(ctx)
+                return fn(arg)
             finally:
                 current[0] = ""
+        return call
 
-        def when(o: ExportOptions) -> bool:
-            current[0] = stage.name
-            try:
-                return stage.when(o)
-            finally:
-                current[0] = ""
-        return dataclasses.replace(stage, run=run, when=when)
+    def tracked(stage: Stage) -> Stage:
+        return dataclasses.replace(stage, run=within(stage.name, stage.run), when=within(stage.name, stage.when))
 
     shaping = ("prepare", "capture", "tidy", "infer_shapes", "simplify", "half")
     stages = tuple(tracked(s) for s in STAGES if s.name in shaping)
