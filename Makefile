@@ -10,6 +10,9 @@ TORCH_PIN ?= torch==2.13.0
 # that pip never replaces the CPU torch with another (multi-GB) build to satisfy a newer torchvision
 TORCHVISION_PIN ?= torchvision==0.28.0
 PYTEST_ARGS ?=
+# pytest-xdist workers: one per core (at most 8; each holds its own torch); PYTEST_WORKERS=0 runs in this process
+PYTEST_WORKERS ?= auto
+PYTEST := $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --maxprocesses=8
 
 .PHONY: gpu-check help install install-system install-browser demo test test-fast lint bench bench-quick graphs graphs-check graphs-update clean
 
@@ -43,10 +46,10 @@ demo: install ## install everything (venv, graphviz, chromium), export yolov5s f
 	$(BIN)/yexport export yolov5s --variants fused,keep-bn -o exports
 
 test: $(STAMP) ## the whole test suite (GPU and browser tests skip with a reason where unavailable)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
 
 test-fast: $(STAMP) ## the tests without the slow ones (full YOLO exports at 640, dynamo captures, training-mode exports, repeats of a covered behaviour)
-	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PYTEST) -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff and mypy
 	$(BIN)/ruff check exporter tests bench
