@@ -293,11 +293,11 @@ class ExportOptions(ParityOptions):
         help="torch exporter; auto: TorchScript where this torch has it (the same graph as dynamo after tidy, "
              "captured ~10x faster, honours training mode), else dynamo.")
     half: bool = option(  # float16 weights and compute (the half stage)
-        False, "--half",
+        False, "--half", graph=True,
         help="float16 weights and compute (works with --dynamic, --keep-bn, --simplify, both exporters, on CPU "
              "too); checked against PyTorch's own float16 noise.")
     half_io: HalfIO = option(  # with half: the file's inputs and outputs; float32 adds Casts at the edges
-        "float16", "--half-io",
+        "float16", "--half-io", graph=True,
         help="With --half: the type of the file's inputs and outputs (float32 adds Casts at the edges).")
     head: Head = option(
         "decode", "--raw-head/--decode", switch=("raw", "decode"), dest="raw_head", graph=True,

@@ -49,13 +49,14 @@ def _existing_identity(path: Path) -> dict[str, Any] | None:
 def graph_differences(path: Path, model_name: str, options: Any) -> list[str] | None:
     """``['keep_bn: true -> false', ...]`` between the file at ``path`` and a new export of
     ``model_name`` with ``options``; [] when they agree; None when ``path`` is no yexport file."""
-    from exporter.stages.metadata import split_options
+    from exporter.stages.metadata import ABSENT_GRAPH_OPTIONS, split_options
 
     old = _existing_identity(path)
     if old is None:
         return None
     graph, _ = split_options(options.describe())
     new = {"model": model_name, **json.loads(json.dumps(graph))}
+    old, new = {**ABSENT_GRAPH_OPTIONS, **old}, {**ABSENT_GRAPH_OPTIONS, **new}
     return [f"{k}: {json.dumps(old[k])} -> {json.dumps(new[k])}"
             for k in sorted(set(old) & set(new)) if old[k] != new[k]]
 

@@ -45,6 +45,10 @@ def test_other_graph_options_refuse_without_force(out: Path) -> None:
     assert res.exit_code == 2, res.output
     assert "keep_bn: false -> true" in res.output and "--name" in res.output and "--force" in res.output
     assert (out / "yolov5n.onnx").read_bytes() == before
+    # --half shapes the graph too, although a float32 file's identity does not name it
+    res = CliRunner().invoke(cli, ["export", "yolov5n", "-o", str(out), "--img", "64", "--no-check", "--half"])
+    assert res.exit_code == 2 and "half: false -> true" in res.output, res.output
+    assert (out / "yolov5n.onnx").read_bytes() == before
 
 
 @pytest.mark.slow

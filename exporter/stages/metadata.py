@@ -50,7 +50,14 @@ def split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
     """``ExportOptions.describe()`` -> (graph-defining fields, run-record fields)."""
     graph = {k: v for k, v in options.items() if k in GRAPH_OPTION_FIELDS}
     run = {k: v for k, v in options.items() if k not in GRAPH_OPTION_FIELDS}
+    if not graph.get("half"):  # a float32 graph: absent, so its identity stays what it was before --half
+        for k in ABSENT_GRAPH_OPTIONS:
+            graph.pop(k, None)
     return graph, run
+
+
+# graph options that a float32 graph's identity leaves out, with the value their absence stands for
+ABSENT_GRAPH_OPTIONS: dict[str, Any] = {"half": False, "half_io": "float16"}
 
 
 def _dump(obj: Any) -> str:

@@ -3,6 +3,7 @@ against PyTorch's float16 noise; faults in a float16 file still fail."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import onnx
@@ -44,6 +45,11 @@ def test_half_file_is_float16_and_passes(h256: Exported, tmp_path: Path) -> None
     assert sum(n.op_type == "Cast" for n in m.graph.node) == 4
     stage = next(s for s in h256.manifest["stages"] if s["name"] == "half")
     assert "Resize kept float32" in stage["changed"]
+    # --half is graph identity (yexport diff compares it); a float32 graph's identity does not mention it
+    graph_opts = [json.loads(p.value) for f in (m, full.model) for p in f.metadata_props
+                  if p.key == "yexport.graph_options"]
+    assert graph_opts[0]["half"] is True and graph_opts[0]["half_io"] == "float16"
+    assert "half" not in graph_opts[1] and "half_io" not in graph_opts[1]
 
 
 def test_half_checks_again_with_yexport_check(h256: Exported) -> None:
