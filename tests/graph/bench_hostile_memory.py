@@ -15,6 +15,7 @@ import argparse
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -66,11 +67,13 @@ def bomb(folder: Path) -> Path:
     return p
 
 
-def measure(args: list[str]) -> tuple[int, int, str]:
+def measure(args: list[str]) -> tuple[int, int, float, str]:
+    t0 = time.perf_counter()
     proc = subprocess.run(["/usr/bin/time", "-v", *YEXPORT, *args], cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
     rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1))
     last = [ln for ln in proc.stderr.splitlines() if ln.startswith("yexport")][-1:] or [proc.stdout.strip()[-60:]]
-    return proc.returncode, rss, last[0]
+    return proc.returncode, rss, wall, last[0]
 
 
 def main() -> None:
@@ -92,11 +95,11 @@ def main() -> None:
         ("snapshot", ["snapshot", str(a_p)]),
         ("diff", ["diff", str(a_p), str(b_p)]),
     ]
-    print(f"{'command':<60} {'exit':>4} {'max RSS':>10}")
+    print(f"{'command':<60} {'exit':>4} {'max RSS':>10} {'wall':>7}")
     for _, args in runs:
-        code, rss, tail = measure(args)
+        code, rss, wall, tail = measure(args)
         shown = " ".join(Path(a).name if "/" in a else a for a in args)
-        print(f"{shown:<60} {code:>4} {rss / 1024:>7.0f} MB  {tail}")
+        print(f"{shown:<60} {code:>4} {rss / 1024:>7.0f} MB {wall:>6.1f}s  {tail}")
 
 
 if __name__ == "__main__":
