@@ -69,7 +69,7 @@ def summarize_module(model: nn.Module, specs: tuple[InputSpec, ...], *, seed: in
         fold = fold_leftover_batchnorms(fused)
     params_fused = sum(p.numel() for p in fused.parameters())
     args = example_args(fused, specs, seed)
-    from exporter.stages.capture import _mha_fastpath_off
+    from exporter.stages.capture_attempts import _mha_fastpath_off
 
     # the fused attention fast path (taken under no_grad) is one kernel the flop counter does not know
     with _mha_fastpath_off(), torch.no_grad(), FlopCounterMode(display=False) as fc:

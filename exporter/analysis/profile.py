@@ -318,7 +318,7 @@ def profile_modules(model: nn.Module, specs: Any, *, device: str | torch.device 
     from torch.utils.flop_counter import FlopCounterMode
 
     from exporter.analysis.generic import example_args
-    from exporter.stages.capture import _mha_fastpath_off
+    from exporter.stages.capture_attempts import _mha_fastpath_off
 
     if runs < 1:
         raise ConfigError(f"runs must be at least 1, got {runs}")

@@ -285,7 +285,7 @@ def _trace(model: nn.Module, input_specs: Any) -> tuple[Any, str, dict[str, str]
 
         errors.append(f"torch.fx: {first_line(exc)[:140]}")
     from exporter.analysis.generic import example_args, example_specs
-    from exporter.stages.capture import _mha_fastpath_off
+    from exporter.stages.capture_attempts import _mha_fastpath_off
 
     try:
         with _mha_fastpath_off():

@@ -122,12 +122,13 @@ STAGE = Stage("capture", capture_any, requires=(PREPARED,), ensures=(GRAPH, OPSE
 
 def capture_external(ctx: Context, size: int) -> Context:
     """Capture to a working folder with the capture stage's exporters, strategies and log
-    (:func:`exporter.stages.capture.run_strategies`); the context then holds the weight-free graph and
-    ``external_dir``. TorchScript writes the weights beside the path it is given (it refuses a file
-    object over 2 GiB); dynamo's program is saved with external data, never turned into one protobuf."""
+    (:func:`exporter.stages.capture_attempts.run_strategies`); the context then holds the weight-free
+    graph and ``external_dir``. TorchScript writes the weights beside the path it is given (it refuses a
+    file object over 2 GiB); dynamo's program is saved with external data, never turned into one protobuf."""
     import onnx
 
     from exporter.stages import capture as cap
+    from exporter.stages.capture_attempts import attempts_note, run_strategies
 
     folder = work_dir()
     path = folder / "model.onnx"
@@ -142,7 +143,7 @@ def capture_external(ctx: Context, size: int) -> Context:
         return how, ()
 
     try:
-        (how, traced), exporter, attempts, log = cap.run_strategies(ctx, attempt)
+        (how, traced), exporter, attempts, log = run_strategies(ctx, attempt)
         model = onnx.load(str(path), load_external_data=False)
     except BaseException:
         discard(folder)
@@ -157,7 +158,7 @@ def capture_external(ctx: Context, size: int) -> Context:
         with open(folder / "inline.data", "wb") as f:
             write_external(model, folder, f, "inline.data", inline_only=True)
     change = (f"{how}; weights as external data ({size / 2**30:.2f} GiB, threshold "
-              f"{external_threshold() / 2**30:.2f} GiB)" + cap.attempts_note(attempts, log))
+              f"{external_threshold() / 2**30:.2f} GiB)" + attempts_note(attempts, log))
     ctx = ctx.replace(onnx=model, external_dir=folder, change=change)
     return cap.captured(ctx, attempts, exporter, log, traced)
 

@@ -221,7 +221,7 @@ def test_native_output_is_captured_not_lost(capfd: pytest.CaptureFixture[str]) -
     import os
     import sys
 
-    from exporter.stages.capture import NATIVE_OUTPUT_LIMIT, _native_stdout_captured
+    from exporter.stages.capture_attempts import NATIVE_OUTPUT_LIMIT, _native_stdout_captured
 
     with _native_stdout_captured() as native:
         os.write(1, b"graph(%x : Float(1, 3))\n")
