@@ -6,6 +6,10 @@ whatever reads it (concats only re-index). A residual add ties channels of sever
 the conv on the residual branch (``Bottleneck.cv2`` with shortcut) and every conv whose output is the
 identity branch (``C3.cv1`` in front of shortcut Bottlenecks) cannot be pruned alone. Detect convs
 have no BatchNorm and produce the fixed ``na * (nc + 5)`` output channels.
+
+The file is a little over 400 lines on purpose: its two halves (the YOLOv5 layer walk, and the graph
+walk for any other model) share the report's types and :func:`prune_report` dispatches between them,
+so split in two they would import each other.
 """
 
 from __future__ import annotations
