@@ -128,6 +128,22 @@ def _shared_builtin_models() -> Iterator[None]:
         yield
 
 
+# --------------------------------------------------------------------------- a user's model file
+
+
+def user_module_fixture(name: str, source: str) -> Any:
+    """A module-scoped fixture ``name``: the path of a user's model file ``NAME.py`` holding ``source``,
+    in a folder of its own, as ``yexport export NAME.py:factory`` is given it."""
+
+    @pytest.fixture(scope="module", name=name)
+    def user_module(tmp_path_factory: pytest.TempPathFactory) -> Path:
+        path = tmp_path_factory.mktemp("user") / f"{name}.py"
+        path.write_text(source)
+        return path
+
+    return user_module
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     gpu_reason = None
     browser_reason = None if shutil.which("chromium") else (

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from exporter.cli.main import cli
 from exporter.models.detection import network_part, post_processing
+from tests.conftest import user_module_fixture
 
 DETECTORS = textwrap.dedent('''
     from collections import OrderedDict
@@ -142,11 +143,7 @@ DETECTORS = textwrap.dedent('''
 ''')
 
 
-@pytest.fixture(scope="module")
-def detectors(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("user") / "detectors.py"
-    path.write_text(DETECTORS)
-    return path
+detectors = user_module_fixture("detectors", DETECTORS)
 
 
 def _module(path: Path) -> dict:

@@ -14,6 +14,7 @@ import torch
 from click.testing import CliRunner
 
 from exporter.cli.main import cli
+from tests.conftest import user_module_fixture
 
 MYMODEL = textwrap.dedent('''
     import torch
@@ -94,11 +95,7 @@ MYMODEL = textwrap.dedent('''
 ''')
 
 
-@pytest.fixture(scope="module")
-def mymodel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("user") / "mymodel.py"
-    path.write_text(MYMODEL)
-    return path
+mymodel = user_module_fixture("mymodel", MYMODEL)
 
 
 def run(*args: str) -> tuple[int, str]:
