@@ -24,6 +24,19 @@ def _env(pycache: Path | None = None) -> dict[str, str]:
     return env
 
 
+def commands(a: Path, diffs: tuple[tuple[str, Path], ...]) -> dict[str, list[str]]:
+    """The whole commands the graph benchmarks time on graph ``a``, by name, in this order: ``floor``
+    (``python -c "import onnx; onnx.load(a)"``), ``inspect`` and ``snapshot`` of ``a``, then
+    ``yexport diff a OTHER`` under each ``(name, OTHER)`` of ``diffs``."""
+    yexport = [sys.executable, "-m", "exporter.cli.main"]
+    return {
+        "floor": [sys.executable, "-c", f"import onnx; onnx.load({str(a)!r})"],
+        "inspect": [*yexport, "inspect", str(a)],
+        "snapshot": [*yexport, "snapshot", str(a)],
+        **{name: [*yexport, "diff", str(a), str(other)] for name, other in diffs},
+    }
+
+
 TARGETS_VS_LOAD = {"inspect": 1.5, "snapshot": 2.0, "diff": 2.5, "diff F F": 1.2}
 TARGET_PEAK_VS_LOAD = 2.0
 
@@ -60,14 +73,7 @@ def _against_load_here(a: Path, b: Path, repeat: int, folder: Path) -> dict[str,
     """:func:`against_load`, in this (small) process."""
     import statistics
 
-    yexport = [sys.executable, "-m", "exporter.cli.main"]
-    cmds = {
-        "floor": [sys.executable, "-c", f"import onnx; onnx.load({str(a)!r})"],
-        "inspect": [*yexport, "inspect", str(a)],
-        "snapshot": [*yexport, "snapshot", str(a)],
-        "diff": [*yexport, "diff", str(a), str(b)],
-        "diff F F": [*yexport, "diff", str(a), str(a)],
-    }
+    cmds = commands(a, (("diff", b), ("diff F F", a)))
     env = _env(folder / "pycache")
     for name, cmd in cmds.items():  # warm the bytecode and page caches
         if name != "diff":

@@ -32,6 +32,7 @@ from graph_floor import (  # noqa: E402, F401 - re-exported: the 50k-node measur
     TARGETS_VS_LOAD,
     _env,
     against_load,
+    commands,
     floor_files,
     format_against_load,
 )
@@ -223,14 +224,7 @@ def startup(folder: Path, repeat: int) -> dict[str, Any]:
     params = sum(int(__import__("numpy").prod(t.dims)) for t in model.graph.initializer)
     onnx.save(model, str(a))
     onnx.save(build_7m_model(1), str(b))
-    yexport = [sys.executable, "-m", "exporter.cli.main"]
-    cmds = {
-        "floor": [sys.executable, "-c", f"import onnx; onnx.load({str(a)!r})"],
-        "inspect": [*yexport, "inspect", str(a)],
-        "snapshot": [*yexport, "snapshot", str(a)],
-        "diff_identical": [*yexport, "diff", str(a), str(a)],
-        "diff_other_weights": [*yexport, "diff", str(a), str(b)],
-    }
+    cmds = commands(a, (("diff_identical", a), ("diff_other_weights", b)))
     best = _best_walls(cmds, repeat, _env(folder / "pycache"))
     floor = best.pop("floor")
     out: dict[str, Any] = {"parameters": params, "file_mib": a.stat().st_size / (1 << 20), "floor_seconds": floor}
