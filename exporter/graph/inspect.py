@@ -135,6 +135,18 @@ def _inspect(model: Any, path: str | None) -> dict[str, Any]:
     unknown_count = 0
     init_of, declared_of = types.inits.get, types.declared.get
     memo: dict[tuple, int | None] = {}  # FLOPs are a function of the op and its values' types
+    # a symbolic leading dim of a graph input is the batch: FLOPs are linear in it, so they are counted per
+    # batch item (the symbol taken as 1, wherever it appears); other symbolic dims leave a node unknown
+    batch = {s[0] for vi in g.input if vi.name not in init_meta
+             for s in [types.shape(vi.name)] if s and isinstance(s[0], str)}
+    per_item: list[str] = []  # the batch symbols that a counted node's shapes held
+
+    def shape(name: str) -> list | None:
+        s = types.shape(name)
+        if s is None or not batch or not any(d in batch for d in s if isinstance(d, str)):
+            return s
+        per_item.extend(d for d in s if isinstance(d, str) and d in batch)
+        return [1 if isinstance(d, str) and d in batch else d for d in s]
     for k in [k for k, op in enumerate(n_ops) if op in _FLOP_OR_SUBGRAPH or n_dom[k] not in default]:
         op, domain = n_ops[k], n_dom[k]
         if op in ("If", "Loop", "Scan") or domain not in default:
@@ -155,7 +167,10 @@ def _inspect(model: Any, path: str | None) -> dict[str, Any]:
                next((at.i for at in n.attribute if at.name == "transA"), 0) if op == "Gemm" else 0)
         f = memo.get(key, -1)
         if f == -1:
-            f = memo[key] = _node_flops(n, types.shape, ins, outs)
+            mark = len(per_item)
+            f = memo[key] = _node_flops(n, shape, ins, outs)
+            if f is None:
+                del per_item[mark:]
         if f is None:
             unknown_count += 1
             if len(unknown) < _UNKNOWN_LISTED:
@@ -195,6 +210,7 @@ def _inspect(model: Any, path: str | None) -> dict[str, Any]:
             "by_op": dict(sorted(flops_by_op.items())),
             "unknown_nodes": unknown_count,
             "unknown": unknown,
+            "per_batch_item": sorted(set(per_item)),  # symbolic batch dims taken as 1 ([]: none)
             "convention": "2 per multiply-add; Conv, ConvTranspose, Gemm, MatMul only",
         },
         "metadata_props": {p.key: p.value for p in model.metadata_props},
@@ -310,7 +326,9 @@ def format_report(r: dict[str, Any]) -> str:
         more = ", ..." if fl["unknown_nodes"] > 5 else ""
         nodes = "node" if fl["unknown_nodes"] == 1 else "nodes"
         unknown = f"; {fl['unknown_nodes']} {nodes} with unknown shapes not counted ({names}{more})"
-    lines.append(f"FLOPs:        {_human(fl['total'])}" + (f" ({by_op})" if by_op else "") +
+    per = fl.get("per_batch_item")
+    per_text = f" per batch item ({', '.join(repr(b) for b in per)} taken as 1)" if per else ""
+    lines.append(f"FLOPs:        {_human(fl['total'])}{per_text}" + (f" ({by_op})" if by_op else "") +
                  f"  [2 per multiply-add{unknown}]")
     lines.append("watched ops:  " + ", ".join(f"{op} {n}" for op, n in r["watched_ops"].items()))
     lines.append("op histogram: " + ", ".join(f"{op} {n}" for op, n in r["op_histogram"].items()))

@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 def build_chain(
     *,
-    size: int = 16,
+    size: int | str = 16,
     batch: int | str = 1,
     channels: tuple[int, ...] = (8, 16),
     seed: int = 0,

@@ -46,13 +46,24 @@ def test_inspect_reports_interface_ops_params_flops(chain_path: Path) -> None:
     assert r["shape_inference"] == "ok"
 
 
-def test_symbolic_dims_are_kept_and_flops_become_unknown(builders) -> None:
+def test_a_symbolic_batch_gives_flops_per_batch_item(builders) -> None:
     r = inspect(builders.chain(batch="N"))
     assert r["inputs"][0]["shape"] == ["N", 3, 16, 16]
-    assert r["flops"]["total"] == 0
-    assert r["flops"]["unknown_nodes"] == 4
-    assert {u["op"] for u in r["flops"]["unknown"]} == {"Conv", "Gemm", "MatMul"}
-    assert "4 nodes with unknown shapes not counted" in format_report(r)
+    assert r["flops"]["by_op"] == CHAIN_FLOPS and r["flops"]["unknown_nodes"] == 0
+    assert r["flops"]["per_batch_item"] == ["N"]
+    assert "FLOPs:        700.82 k per batch item ('N' taken as 1)" in format_report(r)
+    assert inspect(builders.chain())["flops"]["per_batch_item"] == []
+
+
+def test_other_symbolic_dims_are_kept_and_their_flops_unknown(builders) -> None:
+    r = inspect(builders.chain(batch="N", size="S"))
+    assert r["inputs"][0]["shape"] == ["N", 3, "S", "S"]
+    assert r["flops"]["unknown_nodes"] == 2 and {u["op"] for u in r["flops"]["unknown"]} == {"Conv"}
+    # past the global pooling the spatial size is gone: Gemm and MatMul are counted per batch item
+    assert r["flops"]["by_op"] == {"Gemm": CHAIN_FLOPS["Gemm"], "MatMul": CHAIN_FLOPS["MatMul"]}
+    assert "2 nodes with unknown shapes not counted" in format_report(r)
+    r = inspect(builders.chain(batch=1, size="S"))  # no batch symbol: nothing is per item
+    assert r["flops"]["unknown_nodes"] == 2 and r["flops"]["per_batch_item"] == []
 
 
 def test_conv_transpose_flops() -> None:
