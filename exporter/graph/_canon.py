@@ -64,6 +64,8 @@ from exporter.graph.value_types import (  # noqa: F401 - re-exported
     shape_list,
 )
 
+_GONE: list[str] = []
+
 
 class _Canonicalizer:
     """Puts one graph (the main graph, or a subgraph with ``outer`` placeholders) in canonical form.
@@ -177,6 +179,8 @@ class _Canonicalizer:
 
         order, notes = canonical_order(n_op, n_attrs, n_out, deps, producer, consumers, is_const, const_values,
                                        gin_pos, [o.name for o in g.output], tget)
+        # the dataflow maps have served: let them go before the refs and nodes are built (the peak)
+        del deps, producer, consumers, cget, is_const, const_values, init_meta
         self.order = order
         # -- canonical refs -------------------------------------------------------------------------
         ref: dict[str, str] = {}
@@ -256,18 +260,31 @@ class _Canonicalizer:
                 return inputs, outputs, inits, lines, notes
             tg = types_text.__getitem__  # "?" for a value of unknown type (_Texts.__missing__)
             rg = ref.__getitem__
+            # nodes with the same input (output) types share one list: a graph repeats few type patterns,
+            # and a list per node would be a fifth of the canonical graph's memory (never mutated)
+            shared: dict[tuple[str, ...], list[str]] = {}
+            sget = shared.get
             cnodes: list[CNode] = []
             append = cnodes.append
             for k, i in enumerate(order):
                 ins = n_in[i]
                 outs = n_out[i]
+                n_in[i] = n_out[i] = _GONE  # read for the last time: let go as the nodes are built (the peak)
+                ti = tuple(map(tg, ins))
+                li = sget(ti)
+                if li is None:
+                    li = shared[ti] = list(ti)
+                to = tuple(map(tg, outs))
+                lo = sget(to)
+                if lo is None:
+                    lo = shared[to] = list(to)
                 if sub and i in sub:
                     attrs, body, imp = sub[i]
-                    append(CNode(k, n_op[i], list(map(rg, ins)), list(map(tg, ins)), list(map(rg, outs)),
-                                 list(map(tg, outs)), attrs, n_name[i] or None, body, imp))
+                    append(CNode(k, n_op[i], list(map(rg, ins)), li, list(map(rg, outs)), lo, attrs,
+                                 n_name[i] or None, body, imp))
                 else:
-                    append(CNode(k, n_op[i], list(map(rg, ins)), list(map(tg, ins)), list(map(rg, outs)),
-                                 list(map(tg, outs)), n_attrs[i], n_name[i] or None))
+                    append(CNode(k, n_op[i], list(map(rg, ins)), li, list(map(rg, outs)), lo, n_attrs[i],
+                                 n_name[i] or None))
             return inputs, outputs, inits, cnodes, notes
         finally:
             del types_text[""]

@@ -69,11 +69,14 @@ class Side:
         self.data_types: list[tuple[str, ...]] = []
         slots, data_types = self.slots, self.data_types
         disjoint = const.isdisjoint
+        same: dict[tuple[str, ...], tuple[str, ...]] = {}  # one tuple per type pattern (a graph has few)
+        shared = same.setdefault
         for n in nodes:
             ins = n.inputs
             if disjoint(ins):  # every input is data (the common case)
                 slots.append(None)
-                data_types.append(tuple(n.input_types))
+                t = tuple(n.input_types)
+                data_types.append(shared(t, t))
             else:
                 sl = tuple([k for k, r in enumerate(ins) if r not in const])
                 tys = n.input_types
