@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -173,32 +174,27 @@ class DiffResult:
                 out.append(f"\n... and {len(lines) - _LIST_LIMIT_MD} more")
             out.extend(["", "</details>", ""])
 
-        head = ["| node | op | name | reads |", "|---|---|---|---|"]
+        node_head = ["| node | op | name | reads |", "|---|---|---|---|"]
         by_layer = ["| layer | nodes | ops |", "|---|--:|---|"]
-        if len(self.added) > _GROUP_MD:
-            details(f"{len(self.added)} nodes added (per layer; --format json lists each)", by_layer,
-                    grouped_rows(self.added, "added", _md))
-        elif self.added:
-            details(f"{len(self.added)} nodes added", head,
-                    [f"| B{e['b']} | {_md(e['op'])} | {_md(e.get('name') or '')} | {_md(e.get('reads') or '')} |" for e in self.added])
-        if len(self.removed) > _GROUP_MD:
-            details(f"{len(self.removed)} nodes removed (per layer; --format json lists each)", by_layer,
-                    grouped_rows(self.removed, "removed", _md))
-        elif self.removed:
-            details(f"{len(self.removed)} nodes removed", head,
-                    [f"| A{e['a']} | {_md(e['op'])} | {_md(e.get('name') or '')} | {_md(e.get('reads') or '')} |" for e in self.removed])
-        if len(self.changed) > _GROUP_MD:
-            details(f"{len(self.changed)} nodes changed (per layer; --format json lists each)",
-                    ["| layer | nodes | ops | what changed |", "|---|--:|---|---|"], grouped_rows(self.changed, "changed", _md))
-        elif self.changed:
-            details(f"{len(self.changed)} nodes changed", ["| A | B | op | changes |", "|---|---|---|---|"],
-                    [f"| A{e['a']} | B{e['b']} | {_md(_label(e))} | {_md('; '.join(e['changes']))} |" for e in self.changed])
-        if len(self.initializers) > _GROUP_MD:
-            details(f"{len(self.initializers)} initializer changes (per layer; --format json lists each)",
-                    ["| layer | initializers | kinds |", "|---|--:|---|"], grouped_rows(self.initializers, "init", _md))
-        elif self.initializers:
-            details(f"{len(self.initializers)} initializer changes", ["| change |", "|---|"],
-                    [f"| {_md(_init_line(c))} |" for c in self.initializers])
+        # (entries, what they are, grouped_rows kind, header per layer, header per entry, row per entry)
+        Row = Callable[[dict[str, Any]], str]
+        sections: list[tuple[list[dict[str, Any]], str, str, list[str], list[str], Row]] = [
+            (self.added, "nodes added", "added", by_layer, node_head,
+             lambda e: f"| B{e['b']} | {_md(e['op'])} | {_md(e.get('name') or '')} | {_md(e.get('reads') or '')} |"),
+            (self.removed, "nodes removed", "removed", by_layer, node_head,
+             lambda e: f"| A{e['a']} | {_md(e['op'])} | {_md(e.get('name') or '')} | {_md(e.get('reads') or '')} |"),
+            (self.changed, "nodes changed", "changed", ["| layer | nodes | ops | what changed |", "|---|--:|---|---|"],
+             ["| A | B | op | changes |", "|---|---|---|---|"],
+             lambda e: f"| A{e['a']} | B{e['b']} | {_md(_label(e))} | {_md('; '.join(e['changes']))} |"),
+            (self.initializers, "initializer changes", "init", ["| layer | initializers | kinds |", "|---|--:|---|"],
+             ["| change |", "|---|"], lambda c: f"| {_md(_init_line(c))} |"),
+        ]
+        for entries, what, kind, layer_head, entry_head, row in sections:
+            if len(entries) > _GROUP_MD:
+                details(f"{len(entries)} {what} (per layer; --format json lists each)", layer_head,
+                        grouped_rows(entries, kind, _md))
+            elif entries:
+                details(f"{len(entries)} {what}", entry_head, [row(e) for e in entries])
         out += [f"> {_md(n)}" for n in self.notes]
         return "\n".join(out).rstrip() + "\n"
 
