@@ -11,11 +11,10 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
-from click.testing import CliRunner
 
-from exporter.cli.main import cli
 from exporter.models.detection import network_part, post_processing
 from tests.conftest import user_module_fixture
+from tests.pipeline.conftest import exit_and_output as run
 
 DETECTORS = textwrap.dedent('''
     from collections import OrderedDict
@@ -150,11 +149,6 @@ def _module(path: Path) -> dict:
     ns: dict = {"__name__": "detectors"}
     exec(compile(path.read_text(), str(path), "exec"), ns)  # noqa: S102 - the test's own module text
     return ns
-
-
-def run(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
-    return result.exit_code, result.output
 
 
 def test_network_part_by_duck_typing(detectors: Path) -> None:

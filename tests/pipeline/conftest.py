@@ -31,6 +31,12 @@ def yexport(*args: str | Path) -> Result:
         return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
+def exit_and_output(*args: str | Path) -> tuple[int, str]:
+    """``yexport ARGS`` in-process: the exit code and what it printed (stdout and stderr together)."""
+    result = yexport(*args)
+    return result.exit_code, result.output
+
+
 @pytest.fixture
 def run_cli() -> Callable[..., Result]:
     return yexport

@@ -11,10 +11,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from click.testing import CliRunner
 
-from exporter.cli.main import cli
 from tests.conftest import user_module_fixture
+from tests.pipeline.conftest import exit_and_output as run
 
 MYMODEL = textwrap.dedent('''
     import torch
@@ -96,11 +95,6 @@ MYMODEL = textwrap.dedent('''
 
 
 mymodel = user_module_fixture("mymodel", MYMODEL)
-
-
-def run(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
-    return result.exit_code, result.output
 
 
 @pytest.fixture(scope="module")
