@@ -31,10 +31,10 @@ def dtype_long(elem_type: int) -> str:
     """numpy-style name (float32, int64, ...) for reports."""
     if elem_type in _DTYPE_LONG:
         return _DTYPE_LONG[elem_type]
-    from onnx import TensorProto
+    from exporter.graph.onnx_pb import messages
 
     try:
-        return TensorProto.DataType.Name(elem_type).lower()
+        return messages().TensorProto.DataType.Name(elem_type).lower()
     except ValueError:
         return f"type{elem_type}"
 

@@ -60,13 +60,14 @@ def load_onnx(path: str | Path, *, load_weights: bool = False):  # -> onnx.Model
     shapes and dtypes are still known); with ``load_weights=True`` it is read into the tensors.
     Raises :class:`InputError` (one line) for anything missing, unreadable, corrupt or hostile.
     """
-    import onnx
     from google.protobuf.message import DecodeError
+
+    from exporter.graph.onnx_pb import messages
 
     p = Path(path)
     data = _read_model_file(p)
     try:
-        model = onnx.load_model_from_string(data)
+        model = messages().ModelProto.FromString(data)
     except (DecodeError, RuntimeError, ValueError, UnicodeDecodeError) as exc:
         raise InputError(f"{p}: not a readable ONNX model (corrupt, truncated or another format): "
                          f"{_first_line(exc)}") from None

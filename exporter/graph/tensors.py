@@ -52,9 +52,9 @@ class CInit:
         if t.data_location != _EXTERNAL and t.HasField("raw_data"):
             self.raw, self.tensor = t.raw_data, None
         else:
-            from onnx import TensorProto
+            from exporter.graph.onnx_pb import messages
 
-            copy = TensorProto()
+            copy = messages().TensorProto()
             copy.CopyFrom(t)
             self.tensor = copy
 

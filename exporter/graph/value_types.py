@@ -260,8 +260,6 @@ def infer_value_types(model: Any, node_outputs: Iterable[Sequence[str]] | None =
     (the output names of each node) and ``inits`` (name -> (elem_type, dims) of the initializers,
     sparse ones with their dense dims) save reading them from the graph again. Without ``texts``
     the name -> text map is left empty (:meth:`ValueTypes.type_text` still answers)."""
-    import onnx
-
     g = model.graph
     types = ValueTypes(interface_params(g))
     if inits is not None:
@@ -277,6 +275,8 @@ def infer_value_types(model: Any, node_outputs: Iterable[Sequence[str]] | None =
         node_outputs = [n.output for n in g.node]
     if types.complete(o for outs in node_outputs for o in outs if o):
         return types.finish() if texts else types
+    import onnx  # shape inference only: onnx's whole package (numpy, ml_dtypes) is slow to import
+
     try:
         inferred = onnx.shape_inference.infer_shapes(_light_model(model), check_type=False, strict_mode=False,
                                                      data_prop=False)

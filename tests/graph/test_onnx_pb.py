@@ -1,0 +1,65 @@
+"""onnx's message classes without ``import onnx`` (:mod:`exporter.graph.onnx_pb`): the same classes as
+onnx's own once onnx is imported, so parsed models work with shape inference and the checker."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _python(code: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+
+
+def test_the_classes_are_onnx_own_once_onnx_is_imported(chain_path: Path) -> None:
+    proc = _python(f"""
+import sys
+from exporter.graph.load import load_onnx
+from exporter.graph.onnx_pb import messages
+model = load_onnx({str(chain_path)!r})
+assert "onnx" not in sys.modules and "ml_dtypes" not in sys.modules, "onnx was imported"
+assert messages().__name__ != "onnx"
+import onnx
+assert onnx.ModelProto is messages().ModelProto and isinstance(model, onnx.ModelProto)
+inferred = onnx.shape_inference.infer_shapes(model)
+onnx.checker.check_model(inferred)
+print(len(inferred.graph.value_info))
+""")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert int(proc.stdout.split()[-1]) > 0  # inference ran on the model parsed without onnx
+
+
+def test_onnx_itself_when_it_is_imported_already() -> None:
+    import onnx
+
+    from exporter.graph import onnx_pb
+
+    onnx_pb.messages.cache_clear()
+    try:
+        assert onnx_pb.messages() is onnx
+    finally:
+        onnx_pb.messages.cache_clear()
+
+
+def test_onnx_itself_when_its_generated_module_cannot_be_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    from exporter.graph import onnx_pb
+
+    monkeypatch.setattr(onnx_pb.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ImportError, match="not installed as a package"):
+        onnx_pb._generated_module()
+    proc = _python("""
+import importlib.util, sys
+importlib.util.find_spec = lambda name: None
+from exporter.graph.onnx_pb import messages
+m = messages()
+print(m.__name__, "onnx" in sys.modules, m.ModelProto.__name__)
+""")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["onnx", "True", "ModelProto"]
