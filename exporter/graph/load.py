@@ -174,15 +174,25 @@ def _plain_tensor(t: Any) -> bool:
 def _all_plain(model: Any) -> bool:
     """True when every tensor of ``model`` passes :func:`check_tensor` trivially: no functions, no sparse
     tensors, no subgraphs, and each initializer and tensor attribute is inline raw data of its declared
-    size. Anything else (or any doubt) goes through the full per-tensor checks, which name the culprit."""
+    size. Anything else (or any doubt) goes through the full per-tensor checks, which name the culprit.
+    A node's attributes are looked at once per distinct serialized form (equal bytes, equal verdict):
+    most nodes share a few attribute sets."""
     g = model.graph
     if len(model.functions) or len(g.sparse_initializer):
         return False
     for t in g.initializer:
         if not _plain_tensor(t):
             return False
+    seen: set[bytes] = set()
     for n in g.node:
-        for a in n.attribute:
+        attrs = n.attribute
+        if not attrs:
+            continue
+        key = b"".join([a.SerializeToString() for a in attrs])
+        if key in seen:
+            continue
+        seen.add(key)
+        for a in attrs:
             if a.HasField("t"):
                 if not _plain_tensor(a.t):
                     return False

@@ -177,6 +177,36 @@ def test_symlinks_out_of_the_folder_are_refused(world: dict[str, Path], target: 
     assert_refused(p, world, "leads out of the model's folder")
 
 
+def _attribute_model(folder: Path, location: str, *, hidden: bool) -> Path:
+    """Two Constant nodes with equal ``value`` attributes, then one whose tensor is external data at
+    ``location``: as its ``value`` or (``hidden``) in the ``t`` field of an attribute typed INTS."""
+    folder.mkdir(parents=True, exist_ok=True)
+    inline = numpy_helper.from_array(np.ones(4, np.float32))
+    nodes = [helper.make_node("Constant", [], [f"c{k}"], value=inline) for k in range(2)]
+    ext = onnx.TensorProto(data_type=TensorProto.FLOAT, dims=[8, 3, 3, 3])
+    ext.data_location = TensorProto.EXTERNAL
+    ext.external_data.add(key="location", value=location)
+    if hidden:
+        odd = helper.make_node("Relu", ["c0"], ["c2"])
+        attr = odd.attribute.add(name="axes", type=onnx.AttributeProto.INTS)
+        attr.ints.extend([1])
+        attr.t.CopyFrom(ext)
+    else:
+        odd = helper.make_node("Constant", [], ["c2"], value=ext)
+    nodes += [odd, helper.make_node("Sum", ["c0", "c1", "c2"], ["y"])]
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    m = helper.make_model(helper.make_graph(nodes, "g", [], [y]), opset_imports=[helper.make_opsetid("", 17)])
+    p = folder / "m.onnx"
+    onnx.save(m, str(p))
+    return p
+
+
+@pytest.mark.parametrize("hidden", [False, True])
+def test_external_tensors_in_attributes_are_checked(world: dict[str, Path], hidden: bool) -> None:
+    p = _attribute_model(world["model"], "../secret.txt", hidden=hidden)
+    assert_refused(p, world, "leaves the model's folder")
+
+
 def test_fifo_and_directory_locations_are_refused_without_hanging(world: dict[str, Path]) -> None:
     folder = world["model"]
     folder.mkdir()
