@@ -12,6 +12,9 @@ from typing import Any
 from _common import executable, log, time_processes
 
 MARK = "BENCH-IMPORTS "
+#: the modules whose import is reported: onnx (with numpy and ml_dtypes) is only needed for shape
+#: inference and value arrays, torch, onnxruntime and onnxsim never by the graph commands
+HEAVY = ("torch", "onnxruntime", "onnxsim", "onnx", "ml_dtypes")
 # runs the CLI in this interpreter, then reports which heavy modules it imported
 _WRAPPER = f"""
 import json, sys
@@ -20,12 +23,13 @@ try:
     cli.main(args=sys.argv[1:], prog_name="yexport")
 except SystemExit:
     pass
-print({MARK!r} + json.dumps({{m: m in sys.modules for m in ("torch", "onnxruntime", "onnxsim")}}), file=sys.stderr)
+HEAVY = {HEAVY!r}
+print({MARK!r} + json.dumps({{m: m in sys.modules for m in HEAVY}}), file=sys.stderr)
 """
 
 
 def imported(args: list[str]) -> dict[str, Any]:
-    """Which of torch / onnxruntime / onnxsim the command ``yexport ARGS`` imported."""
+    """Which of :data:`HEAVY` the command ``yexport ARGS`` imported."""
     proc = subprocess.run([sys.executable, "-c", _WRAPPER, *args], capture_output=True, text=True, timeout=300,
                           check=False)
     for line in reversed(proc.stderr.splitlines()):

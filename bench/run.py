@@ -505,8 +505,9 @@ def md_startup(su: dict[str, Any]) -> list[str]:
     if "error" in su:
         return [*L, f"not measured: {su['error']}", ""]
     L += [f"{su['repeat']} round(s), round-robin, after one warm-up run of each; medians", "",
-          "| command | median s | min–max s | CPU s (median) | x floor | torch imported | onnxruntime imported |",
-          "|---|--:|--:|--:|--:|---|---|"]
+          "| command | median s | min–max s | CPU s (median) | x floor | torch imported | onnxruntime imported "
+          "| onnx imported |",
+          "|---|--:|--:|--:|--:|---|---|---|"]
     for k, v in su["commands"].items():
         imp = v.get("imports", {})
 
@@ -514,10 +515,10 @@ def md_startup(su: dict[str, Any]) -> list[str]:
             return "–" if not imp else ("?" if mod not in imp else ("yes" if imp[mod] else "no"))
 
         if "error" in v:
-            L.append(f"| `{k}` | failed: {v['error']} | | | | | |")
+            L.append(f"| `{k}` | failed: {v['error']} | | | | | | |")
         else:
             L.append(f"| `{k}` | {v['median']:.3f} | {_range(v, 3)} | {fmt_s(v.get('cpu_median'), 3)} | "
-                     f"{fmt_ratio(v.get('x_floor'))} | {yn('torch')} | {yn('onnxruntime')} |")
+                     f"{fmt_ratio(v.get('x_floor'))} | {yn('torch')} | {yn('onnxruntime')} | {yn('onnx')} |")
     L += ["", "- imports checked by running the same command in-process and then reading `sys.modules`;"
               " the diff of two different files (fused vs keep-bn) is shown for information", ""]
     return L
