@@ -275,12 +275,12 @@ class _Opened:
 def _open(model: Any) -> _Opened:
     """``model`` (bytes, path or ModelProto) parsed once; a path goes through the guarded loader (missing,
     FIFO, directory, corrupt: one-line input errors; every external reference checked: folder, sizes)."""
-    import onnx
-
     if isinstance(model, _Opened):
         return model
     if isinstance(model, bytes):
-        return _Opened(model, onnx.load_from_string(model))
+        from exporter.graph.onnx_pb import messages  # the message classes; no import of onnx itself
+
+        return _Opened(model, messages().ModelProto.FromString(model))
     if isinstance(model, (str, Path)):
         from exporter.graph.load import load_onnx
 

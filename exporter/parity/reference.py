@@ -120,9 +120,10 @@ def flatten(y: Any) -> list[np.ndarray]:
 
 def file_precision(proto: Any) -> str:
     """'float16' when the file computes in float16 (float16 initializers), else 'float32'."""
-    import onnx
+    from exporter.graph.onnx_pb import messages
 
-    return "float16" if any(t.data_type == onnx.TensorProto.FLOAT16 for t in proto.graph.initializer) else "float32"
+    f16 = messages().TensorProto.FLOAT16
+    return "float16" if any(t.data_type == f16 for t in proto.graph.initializer) else "float32"
 
 
 def _rounded(y: Any) -> Any:

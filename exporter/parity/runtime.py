@@ -86,7 +86,7 @@ def check_input(proto: Any, x: np.ndarray, index: int = 0) -> None:
 def run(sess: Any, proto: Any, x: np.ndarray | tuple[np.ndarray, ...], requested: str) -> list[np.ndarray]:
     """One onnxruntime run on ``x`` (one array, or one per graph input in order); a failure inside
     onnxruntime is a parity failure naming its message."""
-    import onnx
+    from exporter.graph.onnx_pb import messages
 
     feeds = x if isinstance(x, tuple) else (x,)
     if len(feeds) != len(proto.graph.input):
@@ -94,7 +94,7 @@ def run(sess: Any, proto: Any, x: np.ndarray | tuple[np.ndarray, ...], requested
     named = {}
     for k, (graph_input, a) in enumerate(zip(proto.graph.input, feeds, strict=True)):
         check_input(proto, a, k)
-        if graph_input.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16 and a.dtype.kind == "f":
+        if graph_input.type.tensor_type.elem_type == messages().TensorProto.FLOAT16 and a.dtype.kind == "f":
             a = a.astype(np.float16)
         named[graph_input.name] = a
     shown = "+".join("x".join(map(str, a.shape)) for a in feeds)

@@ -63,3 +63,17 @@ print(m.__name__, "onnx" in sys.modules, m.ModelProto.__name__)
 """)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["onnx", "True", "ModelProto"]
+
+
+def test_the_parity_check_opens_its_file_without_onnx(chain_path: Path) -> None:
+    """``yexport check`` reads the file it judges (and its precision) with the message classes alone."""
+    proc = _python(f"""
+import sys
+from exporter.parity import _open
+from exporter.parity.reference import file_precision
+opened = _open({str(chain_path)!r})
+again = _open(opened.data)
+print(file_precision(opened.proto), len(again.proto.graph.node), "onnx" in sys.modules)
+""")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["float32", "9", "False"]
