@@ -83,6 +83,13 @@ class CanonGraph:
 
     def producers(self) -> dict[str, tuple[int, int]]:
         """ref -> (node index, output slot)."""
-        out = {r: (n.index, j) for n in self.nodes for j, r in enumerate(n.outputs)}
+        out: dict[str, tuple[int, int]] = {}
+        for n in self.nodes:
+            outs = n.outputs
+            if len(outs) == 1:  # the common case: no enumerate per node
+                out[outs[0]] = (n.index, 0)
+            else:
+                for j, r in enumerate(outs):
+                    out[r] = (n.index, j)
         out.pop("_", None)
         return out
