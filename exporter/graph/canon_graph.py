@@ -81,15 +81,17 @@ class CanonGraph:
     def init_by_ref(self) -> dict[str, CInit]:
         return {i.ref: i for i in self.initializers}
 
-    def producers(self) -> dict[str, tuple[int, int]]:
-        """ref -> (node index, output slot)."""
-        out: dict[str, tuple[int, int]] = {}
+    def producers(self) -> tuple[dict[str, int], dict[str, tuple[int, int]]]:
+        """(ref -> node index for first outputs, ref -> (node index, output slot) for the others): a
+        first output, by far the most common, costs no tuple of its own."""
+        first: dict[str, int] = {}
+        other: dict[str, tuple[int, int]] = {}
         for n in self.nodes:
             outs = n.outputs
-            if len(outs) == 1:  # the common case: no enumerate per node
-                out[outs[0]] = (n.index, 0)
-            else:
-                for j, r in enumerate(outs):
-                    out[r] = (n.index, j)
-        out.pop("_", None)
-        return out
+            if outs:
+                first[outs[0]] = n.index
+                for j in range(1, len(outs)):
+                    other[outs[j]] = (n.index, j)
+        first.pop("_", None)
+        other.pop("_", None)
+        return first, other

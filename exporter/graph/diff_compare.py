@@ -47,7 +47,7 @@ class Side:
         self.g = g
         self.tag = tag
         self.inits = g.init_by_ref()
-        self.prod = g.producers()
+        self.first, self.other = g.producers()  # ref -> node (first outputs), ref -> (node, slot)
         self.gin = {v.ref: k for k, v in enumerate(g.inputs)}
         nodes = self.nodes = g.nodes
         self.scopes_ok: dict[int, bool] = {}  # _scopes_usable per other side, computed once
@@ -71,17 +71,20 @@ class Side:
         disjoint = const.isdisjoint
         same: dict[tuple[str, ...], tuple[str, ...]] = {}  # one tuple per type pattern (a graph has few)
         shared = same.setdefault
+        slot_patterns: dict[tuple[int, ...], tuple[int, ...]] = {}
+        shared_slots = slot_patterns.setdefault
         for n in nodes:
             ins = n.inputs
             if disjoint(ins):  # every input is data (the common case)
                 slots.append(None)
                 t = tuple(n.input_types)
                 data_types.append(shared(t, t))
-            else:
+            else:  # the slot and type tuples are shared too: a Conv's (0,) and its input type, once
                 sl = tuple([k for k, r in enumerate(ins) if r not in const])
                 tys = n.input_types
-                slots.append(sl)
-                data_types.append(tuple([tys[k] for k in sl]))
+                slots.append(shared_slots(sl, sl))
+                t = tuple([tys[k] for k in sl])
+                data_types.append(shared(t, t))
         const.discard("_")
 
     def data(self, idx: int) -> list[tuple[int, str, str]]:
@@ -106,6 +109,11 @@ class Side:
     def data_inputs(self, n: CNode) -> list[tuple[int, str, str]]:
         return self.data(n.index)
 
+    def producer(self, ref: str) -> tuple[int, int] | None:
+        """(node index, output slot) of the node that makes ``ref``; None for anything else."""
+        idx = self.first.get(ref)
+        return (idx, 0) if idx is not None else self.other.get(ref)
+
     def source(self, ref: str, match: dict[int, int] | None) -> tuple:
         """Where a value comes from, in B's numbering: ('node', b_index, slot), ('in', k),
         ('init',), ('none',) or ('new', ...) when it comes from a node with no counterpart.
@@ -117,7 +125,7 @@ class Side:
                 return ("in", self.gin[ref])
             if ref in self.const:
                 return ("const",)
-            pr = self.prod.get(ref)
+            pr = self.producer(ref)
             if pr is None:
                 return ("other", ref)
             idx, slot = pr
@@ -190,7 +198,7 @@ def compare_pairs(sa: Side, sb: Side, pairs: list[tuple[int, int]], match: dict[
     and output types): only sources and constant inputs are left to check for it."""
     ga, gb = sa.g, sb.g
     seen: set[tuple[str, str]] = set()
-    pa_get, pb_get, m_get = sa.prod.get, sb.prod.get, match.get
+    fa_get, fb_get, m_get = sa.first.get, sb.first.get, match.get
     slots_a, slots_b = sa.slots, sb.slots
     nodes_a, nodes_b = ga.nodes, gb.nodes
     for k, (ia, ib) in enumerate(pairs):
@@ -203,8 +211,12 @@ def compare_pairs(sa: Side, sb: Side, pairs: list[tuple[int, int]], match: dict[
             da = ins_a if sla is None else [ins_a[j] for j in sla]  # Side.data_refs, inline
             db = ins_b if slb is None else [ins_b[j] for j in slb]
             for ra, rb in zip(da, db, strict=True):
-                pa, pb = pa_get(ra), pb_get(rb)
-                if pa is None or pb is None or pa[1] != pb[1] or m_get(pa[0]) != pb[0]:
+                ka, kb = fa_get(ra), fb_get(rb)  # first outputs: the common case
+                if ka is None or kb is None:
+                    pa, pb = sa.producer(ra), sb.producer(rb)
+                    if pa is None or pb is None or pa[1] != pb[1] or m_get(pa[0]) != pb[0]:
+                        break
+                elif m_get(ka) != kb:
                     break
             else:
                 changes: list[str] = []
