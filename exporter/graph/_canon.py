@@ -72,8 +72,9 @@ class _Canonicalizer:
     ``types`` may be left out for the main graph: :meth:`run` then infers them (``model``)."""
 
     def __init__(self, graph: Any, types: ValueTypes | None, base_dir: str | None,
-                 outer: dict[str, str] | None = None, model: Any = None) -> None:
+                 outer: dict[str, str] | None = None, model: Any = None, scan: Any = None) -> None:
         self.g = graph
+        self.scan = scan  # what the loader read of the main graph (exporter.graph.load.Scan), or None
         self.types = types
         self.model = model
         self.keep = types.keep if types is not None else interface_params(graph)
@@ -98,32 +99,39 @@ class _Canonicalizer:
         with_graphs: list[int] = []
         render_attrs = self._attrs.render
         intern = sys.intern  # a few distinct op types: one string each
-        for nd in nodes:
+        scan = self.scan
+        keys = scan.attr_keys if scan is not None else [b""] * len(nodes)  # b"": serialize here
+        for nd, key in zip(nodes, keys, strict=True):
             n_in.append(nd.input[:])
             n_out.append(nd.output[:])
             domain = nd.domain
             n_op.append(intern(nd.op_type) if not domain or domain == "ai.onnx" else f"{domain}.{nd.op_type}")
             if not text:  # node names are not part of a snapshot
                 n_name.append(nd.name)
-            attrs = nd.attribute
-            if attrs:
-                rendered = render_attrs(attrs)
-                if _GRAPH_MARK in rendered:
-                    with_graphs.append(len(n_attrs))
-                n_attrs.append(rendered)
-            else:
+            if key is None:  # no attributes (known from the scan)
                 n_attrs.append(_NO_ATTRS)
+                continue
+            rendered = render_attrs(nd, key)
+            if rendered is not _NO_ATTRS and _GRAPH_MARK in rendered:
+                with_graphs.append(len(n_attrs))
+            n_attrs.append(rendered)
         n_nodes = len(nodes)
 
         # initializers (sparse ones by their values tensor), once
-        init_by_name: dict[str, Any] = {}
-        init_names: list[str] = []
-        init_meta: dict[str, tuple[int, tuple[int, ...]]] = {}
-        for t in g.initializer:
-            name = t.name
-            init_names.append(name)
-            init_by_name[name] = t
-            init_meta[name] = (t.data_type, tuple(t.dims))
+        init_by_name: dict[str, Any]
+        init_names: list[str]
+        init_meta: dict[str, tuple[int, tuple[int, ...]]]
+        if scan is not None:  # read by the loader's check already
+            init_names = scan.init_names
+            init_by_name = dict(zip(init_names, scan.init_tensors, strict=True))
+            init_meta = dict(zip(init_names, scan.init_meta, strict=True))
+        else:
+            init_names, init_by_name, init_meta = [], {}, {}
+            for t in g.initializer:
+                name = t.name
+                init_names.append(name)
+                init_by_name[name] = t
+                init_meta[name] = (t.data_type, tuple(t.dims))
         for st in g.sparse_initializer:
             t = st.values
             name = t.name
@@ -354,13 +362,14 @@ class _Canonicalizer:
 
 
 def canonicalize(model: Any, *, base_dir: str | None = None, path: str | None = None,
-                 text: bool = False) -> CanonGraph:
+                 text: bool = False, scan: Any = None) -> CanonGraph:
     """The canonical view of a ModelProto (weights are only touched when a hash is asked for).
 
     ``text`` is for the snapshot: the nodes come as their snapshot lines (``node_lines``) and
-    ``nodes`` stays empty."""
+    ``nodes`` stays empty. ``scan`` is what the loader read of this very model
+    (:func:`exporter.graph.load.load_scanned`), not read again."""
     with no_gc():
-        c = _Canonicalizer(model.graph, None, base_dir, model=model)
+        c = _Canonicalizer(model.graph, None, base_dir, model=model, scan=scan)
         inputs, outputs, inits, nodes, notes = c.run(text=text)
     assert c.types is not None
     if c.types.error:

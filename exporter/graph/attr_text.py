@@ -23,14 +23,18 @@ class AttrTexts:
         self.keep = keep
         self._cache: dict[bytes, dict[str, str]] = {}
 
-    def render(self, attrs: Any) -> dict[str, str]:
-        """Rendered attributes (a node's ``attribute`` field), sorted by name (cached: most nodes
-        share a few attribute sets). Subgraphs get a ``_GRAPH_MARK`` key, replaced later by digests."""
-        if not attrs:
-            return _NO_ATTRS
-        key = b"".join([a.SerializeToString() for a in attrs])
+    def render(self, node: Any, key: bytes = b"") -> dict[str, str]:
+        """Rendered attributes of a NodeProto, sorted by name (cached by ``key``, the serialized
+        attributes, made here when empty: most nodes share a few attribute sets). Subgraphs get a
+        ``_GRAPH_MARK`` key, replaced later by digests."""
+        if not key:
+            attrs = node.attribute
+            if not attrs:
+                return _NO_ATTRS
+            key = b"".join([a.SerializeToString() for a in attrs])
         out = self._cache.get(key)
         if out is None:
+            attrs = node.attribute
             out = {}
             has_graph = False
             for a in sorted(attrs, key=lambda a: a.name):

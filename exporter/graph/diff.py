@@ -75,8 +75,8 @@ def load_graph(src: Any) -> CanonGraph:
                 except UnicodeDecodeError:
                     raise InputError(f"{p}: snapshot is not valid UTF-8 text") from None
                 return parse_snapshot(text, str(src))
-    model, base_dir, path = load_any(src)
-    return canonicalize(model, base_dir=base_dir, path=path)
+    model, base_dir, path, scan = load_any(src)
+    return canonicalize(model, base_dir=base_dir, path=path, scan=scan)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -53,6 +53,18 @@ def model_dir(path: str | Path) -> Path:
     return Path(path).resolve().parent
 
 
+@dataclass(slots=True)
+class Scan:
+    """What the loader's one quick pass over a plain model (:func:`_all_plain`) read, handed on so
+    that the canonicalizer does not read it again: the initializers' names, messages, element types
+    and dims in file order, and per node its serialized attributes (None: it has none)."""
+
+    init_names: list[str]
+    init_tensors: list[Any]
+    init_meta: list[tuple[int, tuple[int, ...]]]
+    attr_keys: list[bytes | None]
+
+
 def load_onnx(path: str | Path, *, load_weights: bool = False):  # -> onnx.ModelProto
     """Parse ``path`` as an ONNX model and check every tensor it declares (see the module doc).
 
@@ -60,6 +72,11 @@ def load_onnx(path: str | Path, *, load_weights: bool = False):  # -> onnx.Model
     shapes and dtypes are still known); with ``load_weights=True`` it is read into the tensors.
     Raises :class:`InputError` (one line) for anything missing, unreadable, corrupt or hostile.
     """
+    return load_scanned(path, load_weights=load_weights)[0]
+
+
+def load_scanned(path: str | Path, *, load_weights: bool = False) -> tuple[Any, Scan | None]:
+    """:func:`load_onnx`, and the :class:`Scan` of its quick pass when the model is plain (else None)."""
     from google.protobuf.message import DecodeError
 
     from exporter.graph.onnx_pb import messages
@@ -74,8 +91,9 @@ def load_onnx(path: str | Path, *, load_weights: bool = False):  # -> onnx.Model
     del data
     if not model.HasField("graph") or (len(model.graph.node) == 0 and not model.opset_import):
         raise InputError(f"{p}: not an ONNX model (no graph found; is it another format?)")
-    if _all_plain(model):  # the common case, checked in one quick pass: nothing external, nothing to read
-        return model
+    scan = _all_plain(model)
+    if scan is not None:  # the common case, checked in one quick pass: nothing external, nothing to read
+        return model, scan
     base = model_dir(p)
     for where, tensor in iter_tensors(model):
         ref = check_tensor(tensor, base, where=f"{p}: {where}", need_data=load_weights)
@@ -83,7 +101,7 @@ def load_onnx(path: str | Path, *, load_weights: bool = False):  # -> onnx.Model
             tensor.raw_data = b"".join(_read_external(ref, f"{p}: {where}"))
             tensor.data_location = 0
             del tensor.external_data[:]
-    return model
+    return model, None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -171,35 +189,51 @@ def _plain_tensor(t: Any) -> bool:
     return len(t.raw_data) == size * math.prod(dims)
 
 
-def _all_plain(model: Any) -> bool:
-    """True when every tensor of ``model`` passes :func:`check_tensor` trivially: no functions, no sparse
-    tensors, no subgraphs, and each initializer and tensor attribute is inline raw data of its declared
-    size. Anything else (or any doubt) goes through the full per-tensor checks, which name the culprit.
-    A node's attributes are looked at once per distinct serialized form (equal bytes, equal verdict):
-    most nodes share a few attribute sets."""
+def _all_plain(model: Any) -> Scan | None:
+    """A :class:`Scan` when every tensor of ``model`` passes :func:`check_tensor` trivially: no functions,
+    no sparse tensors, no subgraphs, and each initializer and tensor attribute is inline raw data of its
+    declared size; None otherwise. Anything else (or any doubt) goes through the full per-tensor checks,
+    which name the culprit. A node's attributes are looked at once per distinct serialized form (equal
+    bytes, equal verdict): most nodes share a few attribute sets."""
     g = model.graph
     if len(model.functions) or len(g.sparse_initializer):
-        return False
-    for t in g.initializer:
-        if not _plain_tensor(t):
-            return False
-    seen: set[bytes] = set()
+        return None
+    names: list[str] = []
+    tensors = list(g.initializer)
+    meta: list[tuple[int, tuple[int, ...]]] = []
+    sizes, prod = _PLAIN_BYTES, math.prod
+    for t in tensors:  # _plain_tensor, inline, reading what the canonicalizer needs on the way
+        dtype = t.data_type
+        size = sizes.get(dtype)
+        if size is None or t.data_location == _EXTERNAL or not t.HasField("raw_data"):
+            return None
+        dims = tuple(t.dims)
+        if dims and min(dims) < 0 or len(t.raw_data) != size * prod(dims):
+            return None
+        names.append(t.name)
+        meta.append((dtype, dims))
+    keys: list[bytes | None] = []
+    seen: dict[bytes, bytes] = {}
     for n in g.node:
         attrs = n.attribute
         if not attrs:
+            keys.append(None)
             continue
         key = b"".join([a.SerializeToString() for a in attrs])
-        if key in seen:
+        known = seen.get(key)
+        if known is not None:
+            keys.append(known)  # one bytes object per distinct set, however many nodes share it
             continue
-        seen.add(key)
+        seen[key] = key
+        keys.append(key)
         for a in attrs:
             if a.HasField("t"):
                 if not _plain_tensor(a.t):
-                    return False
+                    return None
             if len(a.tensors) or a.HasField("sparse_tensor") or len(a.sparse_tensors) or a.HasField("g") \
                     or len(a.graphs):
-                return False
-    return True
+                return None
+    return Scan(names, tensors, meta, keys)
 
 
 def declared_bytes(tensor: Any) -> int:

@@ -29,9 +29,9 @@ def snapshot(path_or_model: str | os.PathLike[str] | Any, *, io_names: bool = Tr
     The metadata is what defines the graph (stride, names, head and BatchNorm mode, image size,
     dynamic axes, graph-defining options); ``include=("run-metadata",)`` adds the run record
     (parity options, stage list, source path, versions, seed)."""
-    model, base_dir, path = load_any(path_or_model)
+    model, base_dir, path, scan = load_any(path_or_model)
     with no_gc():
-        g = canonicalize(model, base_dir=base_dir, path=path, text=True)
+        g = canonicalize(model, base_dir=base_dir, path=path, text=True, scan=scan)
         text = render_snapshot(g, io_names=io_names, metadata=metadata, run_metadata=_run_metadata(include))
     if g.notes:
         head, _, rest = text.partition("\n")

@@ -33,12 +33,14 @@ def no_gc() -> Iterator[None]:
 
 
 def load_any(src: Any) -> Any:
-    """(ModelProto, base_dir, path) from a path or a ModelProto."""
-    from exporter.graph.load import load_onnx
+    """(ModelProto, base_dir, path, scan) from a path or a ModelProto; ``scan`` is what the loader's
+    quick check read of a plain file (:class:`exporter.graph.load.Scan`), for the canonicalizer."""
+    from exporter.graph.load import load_scanned
 
     if isinstance(src, (str, os.PathLike)):
         p = Path(src)
-        return load_onnx(p, load_weights=False), str(p.resolve().parent), str(src)
+        model, scan = load_scanned(p, load_weights=False)
+        return model, str(p.resolve().parent), str(src), scan
     if hasattr(src, "graph") and hasattr(src, "opset_import"):
-        return src, None, None
+        return src, None, None, None
     raise InputError(f"expected an ONNX file path or a ModelProto, got {type(src).__name__}")

@@ -171,3 +171,43 @@ def test_cli_errors(tmp_path: Path) -> None:
         res = CliRunner().invoke(cli, ["snapshot", str(p)])
         assert res.exit_code == 2
         assert res.output.count("\n") == 1 and res.output.startswith("yexport: error: ")
+
+
+def test_the_loader_scan_gives_the_same_canonical_graph(builders, torch_pair: dict[str, Path], tmp_path: Path) -> None:
+    """What the loader's quick check read (initializers, serialized attributes) stands in for the
+    canonicalizer's own reading: the same snapshot and the same diff, with or without it."""
+    from exporter.graph._canon import canonicalize
+    from exporter.graph.load import load_scanned
+
+    chain = tmp_path / "chain.onnx"
+    onnx.save(builders.chain(), str(chain))
+    for path in (chain, torch_pair["fused"], torch_pair["keep_bn"]):
+        model, scan = load_scanned(path)
+        assert scan is not None and len(scan.attr_keys) == len(model.graph.node)
+        assert scan.init_names == [t.name for t in model.graph.initializer]
+        for text in (False, True):
+            with_scan = canonicalize(model, base_dir=str(path.parent), path=str(path), text=text, scan=scan)
+            without = canonicalize(model, base_dir=str(path.parent), path=str(path), text=text)
+            assert render_snapshot(with_scan) == render_snapshot(without)
+            if not text:
+                assert [vars_of(n) for n in with_scan.nodes] == [vars_of(n) for n in without.nodes]
+
+
+def vars_of(node: object) -> tuple:
+    return tuple(getattr(node, k) for k in node.__slots__)  # type: ignore[attr-defined]
+
+
+def test_no_scan_for_a_file_that_needs_the_full_checks(tmp_path: Path) -> None:
+    from exporter.graph.load import load_scanned
+
+    w = onnx.TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[4])
+    w.data_location = TensorProto.EXTERNAL
+    w.external_data.add(key="location", value="w.bin")
+    (tmp_path / "w.bin").write_bytes(b"\0" * 16)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])
+    m = helper.make_model(helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g", [x], [y], [w]),
+                          opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(m, str(tmp_path / "m.onnx"))
+    model, scan = load_scanned(tmp_path / "m.onnx")
+    assert scan is None and len(model.graph.initializer) == 1
