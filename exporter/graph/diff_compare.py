@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 from collections import Counter
+from itertools import chain
 from typing import Any
 
 from exporter.graph.canon_graph import CanonGraph, CNode, CValue
@@ -73,12 +74,19 @@ class Side:
         shared = same.setdefault
         slot_patterns: dict[tuple[int, ...], tuple[int, ...]] = {}
         shared_slots = slot_patterns.setdefault
+        # the canonicalizer shares input-type lists between nodes: one tuple per list (the nodes hold
+        # the lists, so their ids stay distinct meanwhile)
+        by_list: dict[int, tuple[str, ...]] = {}
         for n in nodes:
             ins = n.inputs
             if disjoint(ins):  # every input is data (the common case)
                 slots.append(None)
-                t = tuple(n.input_types)
-                data_types.append(shared(t, t))
+                tys = n.input_types
+                t = by_list.get(id(tys))
+                if t is None:
+                    t = tuple(tys)
+                    t = by_list[id(tys)] = shared(t, t)
+                data_types.append(t)
             else:  # the slot and type tuples are shared too: a Conv's (0,) and its input type, once
                 sl = tuple([k for k, r in enumerate(ins) if r not in const])
                 tys = n.input_types
@@ -270,18 +278,20 @@ def compare_node(sa: Side, sb: Side, ia: int, ib: int, match: dict[int, int], id
 def _constant_inputs(sa: Side, sb: Side, ia: int, ib: int, ignore_values: bool, atol: float, res: DiffResult,
                      seen: set[tuple[str, str]], changes: list[str]) -> None:
     """Constant inputs slot by slot: initializers (also behind Identity) are compared, not counted as
-    structure; a constant that became computed (or the other way round) is a change of the node."""
+    structure; a constant that became computed (or the other way round) is a change of the node.
+    A slot where neither side reads a constant has nothing to compare here (initializers and their
+    Identity aliases are constants)."""
     na, nb = sa.nodes[ia], sb.nodes[ib]
-    opset = sa.g.opsets.get("ai.onnx")
-
-    def where(slot: int) -> str:
-        return f"A%{ia}/B%{ib} {na.op} {slot_name(na.op, slot, opset)}"
-
     ins_a, ins_b = na.inputs, nb.inputs
+    la, lb = len(ins_a), len(ins_b)
     inits_a, inits_b, alias_a, alias_b = sa.inits, sb.inits, sa.alias, sb.alias
-    for slot in range(max(len(ins_a), len(ins_b))):
-        ra = ins_a[slot] if slot < len(ins_a) else "_"
-        rb = ins_b[slot] if slot < len(ins_b) else "_"
+    const_a, const_b = sa.const, sb.const
+    for slot in range(max(la, lb)):
+        ra = ins_a[slot] if slot < la else "_"
+        rb = ins_b[slot] if slot < lb else "_"
+        ca, cb = ra in const_a, rb in const_b
+        if not (ca or cb):
+            continue
         wa = ra if ra in inits_a else alias_a.get(ra)  # init_of, inline
         wb = rb if rb in inits_b else alias_b.get(rb)
         if wa is not None and wb is not None:
@@ -292,25 +302,33 @@ def _constant_inputs(sa: Side, sb: Side, ia: int, ib: int, ignore_values: bool, 
                     continue  # what compare_init finds for equal types and contents
                 c = compare_init(xa, xb, ignore_values, atol)
                 if c:
-                    res.initializers.append({**c, "where": where(slot)})
+                    res.initializers.append({**c, "where": _where(sa, ia, ib, slot)})
         elif wa is not None and rb == "_":
-            res.initializers.append({"kind": "removed", "where": where(slot), "a": inits_a[wa].type, "b": None})
+            res.initializers.append({"kind": "removed", "where": _where(sa, ia, ib, slot), "a": inits_a[wa].type,
+                                     "b": None})
         elif ra == "_" and wb is not None:
-            res.initializers.append({"kind": "added", "where": where(slot), "a": None, "b": inits_b[wb].type})
-        elif ra != "_" and rb != "_" and (ra in sa.const) != (rb in sb.const):
-            what_a = "constant" if ra in sa.const else "computed value"
-            what_b = "constant" if rb in sb.const else "computed value"
-            changes.append(f"{slot_name(na.op, slot, opset)}: {what_a} -> {what_b}")
-        elif (ra == "_") != (rb == "_") and (ra in sa.const or rb in sb.const):
-            changes.append(f"{slot_name(na.op, slot, opset)}: {'absent' if ra == '_' else 'present'} -> "
+            res.initializers.append({"kind": "added", "where": _where(sa, ia, ib, slot), "a": None,
+                                     "b": inits_b[wb].type})
+        elif ra != "_" and rb != "_" and ca != cb:
+            changes.append(f"{_slot(sa, na.op, slot)}: {'constant' if ca else 'computed value'} -> "
+                           f"{'constant' if cb else 'computed value'}")
+        elif (ra == "_") != (rb == "_"):
+            changes.append(f"{_slot(sa, na.op, slot)}: {'absent' if ra == '_' else 'present'} -> "
                            f"{'absent' if rb == '_' else 'present'}")
+
+
+def _slot(side: Side, op: str, slot: int) -> str:
+    return slot_name(op, slot, side.g.opsets.get("ai.onnx"))
+
+
+def _where(sa: Side, ia: int, ib: int, slot: int) -> str:
+    op = sa.nodes[ia].op
+    return f"A%{ia}/B%{ib} {op} {_slot(sa, op, slot)}"
 
 
 def compare_unused_initializers(ga: CanonGraph, gb: CanonGraph, res: DiffResult) -> None:
     def unused(g: CanonGraph) -> Counter[str]:
-        used: set[str] = set()
-        for n in g.nodes:
-            used.update(n.inputs)
+        used = set(chain.from_iterable([n.inputs for n in g.nodes]))
         used.update(v.source for v in g.outputs if v.source is not None)
         return Counter(i.type for i in g.initializers if i.ref not in used)
 
