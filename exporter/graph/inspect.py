@@ -77,7 +77,7 @@ def _node_flops(node: Any, shape: Callable[[str], list | None], inputs: list[str
 
 def inspect(path_or_model: str | os.PathLike[str] | Any) -> dict[str, Any]:
     """Summary of an ONNX file or ModelProto as one JSON-ready dict (weights are never read)."""
-    model, _base_dir, path, _scan = load_any(path_or_model)
+    model, _base_dir, path = load_any(path_or_model)[:3]  # the loader's scan is for canonicalizing: let go
     with no_gc():
         return _inspect(model, path)
 
