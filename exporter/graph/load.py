@@ -174,19 +174,21 @@ def _node_tensors(nodes: Any, prefix: str) -> Iterator[tuple[str, Any]]:
                 yield from _graph_tensors(sg, f"{where} > ")
 
 
-# bytes per element of the types whose inline ``raw_data`` :func:`_all_plain` checks itself
+# bytes per element of the types whose inline ``raw_data`` :func:`_plain_meta` checks itself
 _PLAIN_BYTES = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2}
 
 
-def _plain_tensor(t: Any) -> bool:
-    """An inline tensor whose ``raw_data`` holds exactly what its dtype and non-negative dims declare."""
-    size = _PLAIN_BYTES.get(t.data_type)
+def _plain_meta(t: Any) -> tuple[int, tuple[int, ...]] | None:
+    """(element type, dims) of an inline tensor whose ``raw_data`` holds exactly what its dtype and
+    non-negative dims declare; None for any other tensor."""
+    dtype = t.data_type
+    size = _PLAIN_BYTES.get(dtype)
     if size is None or t.data_location == _EXTERNAL or not t.HasField("raw_data"):
-        return False
-    dims = t.dims
-    if dims and min(dims) < 0:
-        return False
-    return len(t.raw_data) == size * math.prod(dims)
+        return None
+    dims = tuple(t.dims)
+    if dims and min(dims) < 0 or len(t.raw_data) != size * math.prod(dims):
+        return None
+    return dtype, dims
 
 
 def _all_plain(model: Any) -> Scan | None:
@@ -201,17 +203,12 @@ def _all_plain(model: Any) -> Scan | None:
     names: list[str] = []
     tensors = list(g.initializer)
     meta: list[tuple[int, tuple[int, ...]]] = []
-    sizes, prod = _PLAIN_BYTES, math.prod
-    for t in tensors:  # _plain_tensor, inline, reading what the canonicalizer needs on the way
-        dtype = t.data_type
-        size = sizes.get(dtype)
-        if size is None or t.data_location == _EXTERNAL or not t.HasField("raw_data"):
-            return None
-        dims = tuple(t.dims)
-        if dims and min(dims) < 0 or len(t.raw_data) != size * prod(dims):
+    for t in tensors:  # what the canonicalizer needs is read on the way
+        m = _plain_meta(t)
+        if m is None:
             return None
         names.append(t.name)
-        meta.append((dtype, dims))
+        meta.append(m)
     keys: list[bytes | None] = []
     seen: dict[bytes, bytes] = {}
     for n in g.node:
@@ -228,7 +225,7 @@ def _all_plain(model: Any) -> Scan | None:
         keys.append(key)
         for a in attrs:
             if a.HasField("t"):
-                if not _plain_tensor(a.t):
+                if _plain_meta(a.t) is None:
                     return None
             if len(a.tensors) or a.HasField("sparse_tensor") or len(a.sparse_tensors) or a.HasField("g") \
                     or len(a.graphs):
