@@ -30,7 +30,7 @@ def export_targets(stem: str, out_dir: str | Path, options: Any, variants: list[
 def _existing_identity(path: Path) -> dict[str, Any] | None:
     """Graph-defining options and model name of a yexport file; None when it has none."""
     from exporter.graph.load import load_onnx
-    from exporter.stages.metadata import graph_identity
+    from exporter.identity import graph_identity
 
     meta = graph_identity({p.key: p.value for p in load_onnx(path, load_weights=False).metadata_props})
     if "yexport.graph_options" not in meta:
@@ -49,7 +49,7 @@ def _existing_identity(path: Path) -> dict[str, Any] | None:
 def graph_differences(path: Path, model_name: str, options: Any) -> list[str] | None:
     """``['keep_bn: true -> false', ...]`` between the file at ``path`` and a new export of
     ``model_name`` with ``options``; [] when they agree; None when ``path`` is no yexport file."""
-    from exporter.stages.metadata import ABSENT_GRAPH_OPTIONS, split_options
+    from exporter.identity import ABSENT_GRAPH_OPTIONS, split_options
 
     old = _existing_identity(path)
     if old is None:

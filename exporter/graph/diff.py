@@ -106,7 +106,7 @@ def diff(a: Any, b: Any, *, ignore: Any = (), atol: float = 0.0, include: Any = 
 
     ``ignore`` takes any of ``names`` (graph input/output names), ``initializer-values`` and
     ``metadata``; ``atol`` is the largest absolute difference in initializer values that still
-    counts as equal. Metadata is compared as graph identity (see ``exporter.stages.metadata``):
+    counts as equal. Metadata is compared as graph identity (see ``exporter.identity``):
     the run record (parity options, stages, source path, versions) only with
     ``include=("run-metadata",)``. The result is truthy when the graphs are identical."""
     from exporter.graph.snapshot import _run_metadata

@@ -161,7 +161,7 @@ def orig(side: Side, ref: str) -> str:
 
 def compare_model(ga: CanonGraph, gb: CanonGraph, res: DiffResult, with_metadata: bool,
                   run_metadata: bool = False) -> None:
-    from exporter.stages.metadata import graph_identity
+    from exporter.identity import graph_identity
 
     if ga.ir_version is not None and gb.ir_version is not None and ga.ir_version != gb.ir_version:
         res.model.append({"field": "ir_version", "a": ga.ir_version, "b": gb.ir_version})

@@ -40,7 +40,7 @@ def snapshot(path_or_model: str | os.PathLike[str] | Any, *, io_names: bool = Tr
 
 
 def _run_metadata(include: Any) -> bool:
-    from exporter.stages.metadata import RUN_METADATA
+    from exporter.identity import RUN_METADATA
 
     items = [include] if isinstance(include, str) else list(include or ())
     names = {x.strip() for it in items for x in str(it).split(",") if x.strip()}

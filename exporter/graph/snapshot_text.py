@@ -74,9 +74,9 @@ def render_body(g: CanonGraph, *, io_names: bool = True, hashes: bool = True) ->
 
 
 def render_snapshot(g: CanonGraph, *, io_names: bool = True, metadata: bool = True, run_metadata: bool = False) -> str:
-    """Snapshot text; the metadata is the graph's identity (see ``exporter.stages.metadata``), plus
+    """Snapshot text; the metadata is the graph's identity (see ``exporter.identity``), plus
     the run record (parity options, stages, source path, versions) with ``run_metadata``."""
-    from exporter.stages.metadata import graph_identity
+    from exporter.identity import graph_identity
 
     lines = [SNAPSHOT_MAGIC, f"ir_version: {g.ir_version}",
              "opsets: " + " ".join(f"{d}={v}" for d, v in g.opsets.items())]

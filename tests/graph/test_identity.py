@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from exporter.cli.main import cli
 from exporter.graph.diff import diff
 from exporter.graph.snapshot import snapshot
-from exporter.stages.metadata import (
+from exporter.identity import (
     GRAPH_OPTION_FIELDS,
     RUN_RECORD_KEYS,
     graph_identity,

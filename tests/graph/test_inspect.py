@@ -184,3 +184,6 @@ def test_a_fully_typed_file_is_read_without_importing_onnx(chain_path: Path, tmp
     onnx.save(onnx.shape_inference.infer_shapes(builders.rename(model)), str(twin))
     imported = _imported_by(command, typed, twin)
     assert not imported & {"onnx", "numpy", "ml_dtypes", "torch"}, sorted(imported & {"onnx", "numpy", "ml_dtypes"})
+    # nor the export pipeline and its stages: the graph identity comes from exporter.identity alone
+    pipeline = {m for m in imported if m == "exporter.pipeline" or m.startswith("exporter.stages")}
+    assert not pipeline, sorted(pipeline)

@@ -7,7 +7,8 @@ import ast
 import json
 from types import SimpleNamespace
 
-from exporter.stages.metadata import class_names, split_options, yolov5_props
+from exporter.identity import split_options
+from exporter.stages.metadata import class_names, yolov5_props
 
 
 def test_names_from_the_checkpoint_else_class_i() -> None:

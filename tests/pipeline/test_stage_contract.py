@@ -165,8 +165,8 @@ def test_manifest_records_what_each_stage_ensured(n320: Exported) -> None:
 
 
 def test_graph_option_fields_come_from_the_declarations() -> None:
+    from exporter.identity import GRAPH_OPTION_FIELDS
     from exporter.options import graph_fields
-    from exporter.stages.metadata import GRAPH_OPTION_FIELDS
 
     assert GRAPH_OPTION_FIELDS == graph_fields(ExportOptions) == {
         "keep_bn", "training", "int_shapes", "tidy", "infer_shapes", "simplify", "dynamic", "img", "batch",
@@ -181,8 +181,8 @@ NOT_GRAPH_IDENTITY = {"device", "seed"}
 def test_every_option_a_graph_changing_stage_reads_is_declared_graph_shaping() -> None:
     """Run the stages that change the graph (or the model captured) with options that record which
     fields are read: each one is declared ``graph=True`` or is a known exception above."""
+    from exporter.identity import GRAPH_OPTION_FIELDS
     from exporter.models import load_model
-    from exporter.stages.metadata import GRAPH_OPTION_FIELDS
 
     names = {f.name for f in dataclasses.fields(ExportOptions)}
     read: dict[str, set[str]] = {}
