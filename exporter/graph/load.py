@@ -77,20 +77,40 @@ def load_onnx(path: str | Path, *, load_weights: bool = False):  # -> onnx.Model
 
 def load_scanned(path: str | Path, *, load_weights: bool = False) -> tuple[Any, Scan | None]:
     """:func:`load_onnx`, and the :class:`Scan` of its quick pass when the model is plain (else None)."""
+    p = Path(path)
+    model = _parse(p, _read_model_file(p))
+    return _checked(p, model, load_weights)
+
+
+def load_with_bytes(path: str | Path) -> tuple[Any, bytes | None]:
+    """:func:`load_onnx` (weights unread), and the file's bytes as read when they hold the whole model (no
+    external data; else None): what onnxruntime is handed, so that it runs the very bytes that were checked
+    and parsed, without a second read or a serialization of the parsed copy."""
+    p = Path(path)
+    data = _read_model_file(p)
+    model, scan = _checked(p, _parse(p, data), False)
+    if scan is not None or not any(t.data_location == _EXTERNAL for _, t in iter_tensors(model)):
+        return model, data
+    return model, None
+
+
+def _parse(p: Path, data: bytes) -> Any:
     from google.protobuf.message import DecodeError
 
     from exporter.graph.onnx_pb import messages
 
-    p = Path(path)
-    data = _read_model_file(p)
     try:
         model = messages().ModelProto.FromString(data)
     except (DecodeError, RuntimeError, ValueError, UnicodeDecodeError) as exc:
         raise InputError(f"{p}: not a readable ONNX model (corrupt, truncated or another format): "
                          f"{_first_line(exc)}") from None
-    del data
     if not model.HasField("graph") or (len(model.graph.node) == 0 and not model.opset_import):
         raise InputError(f"{p}: not an ONNX model (no graph found; is it another format?)")
+    return model
+
+
+def _checked(p: Path, model: Any, load_weights: bool) -> tuple[Any, Scan | None]:
+    """``model`` (parsed from ``p``) with every tensor checked (see the module doc), and its :class:`Scan`."""
     scan = _all_plain(model)
     if scan is not None:  # the common case, checked in one quick pass: nothing external, nothing to read
         return model, scan

@@ -282,11 +282,8 @@ def _open(model: Any) -> _Opened:
 
         return _Opened(model, messages().ModelProto.FromString(model))
     if isinstance(model, (str, Path)):
-        from exporter.graph.load import load_onnx
+        from exporter.graph.load import load_with_bytes
 
-        p = Path(model)
-        proto = load_onnx(p, load_weights=False)
-        if any(t.data_location == 1 for t in proto.graph.initializer):  # TensorProto.EXTERNAL
-            return _Opened(str(p), proto)
-        return _Opened(proto.SerializeToString(), proto)
+        proto, data = load_with_bytes(model)
+        return _Opened(data if data is not None else str(model), proto)
     return _Opened(model.SerializeToString(), model)

@@ -77,3 +77,38 @@ print(file_precision(opened.proto), len(again.proto.graph.node), "onnx" in sys.m
 """)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["float32", "9", "False"]
+
+
+def test_the_parity_check_hands_onnxruntime_the_bytes_it_checked(tmp_path: Path, chain_path: Path) -> None:
+    """A file that holds its whole model goes to onnxruntime as the very bytes read and checked; one with
+    external data (an initializer, or a Constant's tensor) as its path, for onnxruntime to resolve."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    from exporter.errors import InputError
+    from exporter.graph.load import load_with_bytes
+    from exporter.parity import _open
+
+    proto, data = load_with_bytes(chain_path)
+    assert data == chain_path.read_bytes() and len(proto.graph.node) == 9
+    assert _open(chain_path).data == data
+
+    value = helper.make_tensor("v", TensorProto.FLOAT, [256], np.arange(256, dtype=np.float32).tobytes(), raw=True)
+    graph = helper.make_graph([helper.make_node("Constant", [], ["c"], value=value),
+                               helper.make_node("Add", ["x", "c"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [256])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [256])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.external_data_helper.convert_model_to_external_data(model, location="c.bin", size_threshold=0,
+                                                             convert_attribute=True)
+    path = tmp_path / "const.onnx"
+    onnx.save(model, str(path))
+    assert not onnx.load(str(path), load_external_data=False).graph.initializer  # the attribute is external
+    proto, data = load_with_bytes(path)
+    assert data is None and _open(path).data == str(path)
+
+    (tmp_path / "c.bin").unlink()  # a hostile or broken reference still fails before anything runs
+    (tmp_path / "c.bin").symlink_to("/etc/hostname")
+    with pytest.raises(InputError, match="leads out of the model's folder"):
+        load_with_bytes(path)
