@@ -76,9 +76,14 @@ def model_options(f: F) -> F:
 
 
 def load_from_cli(model: str, cfg: str | None, nc: int | None, seed: int, trust_checkpoint: bool):
-    """Load MODEL as the CLI options describe (returns :class:`exporter.models.LoadedModel`)."""
+    """Load MODEL as the CLI options describe (returns :class:`exporter.models.LoadedModel`). Every
+    command that runs a PyTorch model starts here, so the allocator is tuned for its forwards here too
+    (:mod:`exporter.cli._malloc`)."""
     from exporter import progress
+    from exporter.cli._malloc import keep_freed_memory
     from exporter.models import load_model
+
+    keep_freed_memory()
 
     what = "building and calibrating" if not Path(model).suffix or model.endswith((".yaml", ".yml")) else "loading"
     with progress.task(f"{what} {Path(model).name}") as end:
