@@ -91,23 +91,21 @@ class _Canonicalizer:
         g = self.g
         # -- every node field, read once ---------------------------------------------------------
         nodes = list(g.node)
-        n_in: list[list[str]] = []
-        n_out: list[list[str]] = []
-        n_op: list[str] = []
-        n_name: list[str] = []
+        # one comprehension per field: the loop that appends to five lists costs a third more
+        n_in: list[list[str]] = [nd.input[:] for nd in nodes]
+        n_out: list[list[str]] = [nd.output[:] for nd in nodes]
+        intern = sys.intern  # a few distinct op types: one string each
+        n_op: list[str] = [intern(nd.op_type) for nd in nodes]
+        domains = [nd.domain for nd in nodes]
+        if any(domains):
+            n_op = [op if not d or d == "ai.onnx" else f"{d}.{op}" for op, d in zip(n_op, domains, strict=True)]
+        n_name: list[str] = [] if text else [nd.name for nd in nodes]  # names are not part of a snapshot
         n_attrs: list[dict[str, str]] = []
         with_graphs: list[int] = []
         render_attrs = self._attrs.render
-        intern = sys.intern  # a few distinct op types: one string each
         scan = self.scan
         keys = scan.attr_keys if scan is not None else [b""] * len(nodes)  # b"": serialize here
         for nd, key in zip(nodes, keys, strict=True):
-            n_in.append(nd.input[:])
-            n_out.append(nd.output[:])
-            domain = nd.domain
-            n_op.append(intern(nd.op_type) if not domain or domain == "ai.onnx" else f"{domain}.{nd.op_type}")
-            if not text:  # node names are not part of a snapshot
-                n_name.append(nd.name)
             if key is None:  # no attributes (known from the scan)
                 n_attrs.append(_NO_ATTRS)
                 continue

@@ -23,7 +23,7 @@ def canonical_order(n_op: list[str], n_attrs: list[dict[str, str]], n_out: list[
     cget = consumers.get
     # how many distinct non-constant producer nodes each node waits for, and which
     # constant-derived producers must be placed just before it
-    const_made = {x for x in const_values if x in producer}
+    const_made = const_values & producer.keys()
     var_prod = {x: p for x, p in producer.items() if not is_const[p]} if const_made else producer
     vget = var_prod.get
     waits = [0] * n_nodes
@@ -39,6 +39,10 @@ def canonical_order(n_op: list[str], n_attrs: list[dict[str, str]], n_out: list[
         elif nd_ == 2:
             p, q = vget(ds[0]), vget(ds[1])
             waits[i] = (p is not None and p != i) + (q is not None and q != i and q != p)
+        elif nd_ == 3:  # a Conv with its bias, a Clip, a Resize
+            p, q, r = vget(ds[0]), vget(ds[1]), vget(ds[2])
+            waits[i] = (p is not None and p != i) + (q is not None and q != i and q != p) \
+                + (r is not None and r != i and r != p and r != q)
         elif nd_:
             prods = {var_prod[x] for x in ds if x in var_prod}
             waits[i] = len(prods) - (i in prods)
