@@ -89,6 +89,7 @@ def test_the_parity_check_hands_onnxruntime_the_bytes_it_checked(tmp_path: Path,
     from exporter.errors import InputError
     from exporter.graph.load import load_with_bytes
     from exporter.parity import _open
+    from exporter.parity.runtime import open_session, run
 
     proto, data = load_with_bytes(chain_path)
     assert data == chain_path.read_bytes() and len(proto.graph.node) == 9
@@ -99,14 +100,18 @@ def test_the_parity_check_hands_onnxruntime_the_bytes_it_checked(tmp_path: Path,
                                helper.make_node("Add", ["x", "c"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [256])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [256])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
     onnx.external_data_helper.convert_model_to_external_data(model, location="c.bin", size_threshold=0,
                                                              convert_attribute=True)
     path = tmp_path / "const.onnx"
     onnx.save(model, str(path))
     assert not onnx.load(str(path), load_external_data=False).graph.initializer  # the attribute is external
     proto, data = load_with_bytes(path)
-    assert data is None and _open(path).data == str(path)
+    opened = _open(path)
+    assert data is None and opened.data == str(path)
+    session, ran = open_session(opened.data, "cpu")  # from bytes, onnxruntime could not find c.bin
+    assert ran.ran and np.array_equal(run(session, opened.proto, np.zeros(256, np.float32), "cpu")[0],
+                                      np.arange(256, dtype=np.float32))
 
     (tmp_path / "c.bin").unlink()  # a hostile or broken reference still fails before anything runs
     (tmp_path / "c.bin").symlink_to("/etc/hostname")
