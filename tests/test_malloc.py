@@ -58,3 +58,22 @@ def test_every_model_command_tunes_the_allocator(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(_malloc, "keep_freed_memory", lambda: calls.append(1) or True)
     lm = load_from_cli(str(ROOT / "fixtures" / "models" / "yolov5n.yaml"), None, None, 0, False)
     assert calls == [1] and lm.model is not None
+
+
+def test_without_mallopt_nothing_is_changed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the C library has no mallopt (macOS) or cannot be opened by None (Windows), it says so."""
+    from exporter.cli import _malloc
+
+    class NoMallopt:  # a C library without the symbol: attribute access fails
+        def __init__(self, name: object) -> None:
+            self.name = name
+
+    monkeypatch.setattr(_malloc, "_done", False)
+    monkeypatch.setattr(_malloc.ctypes, "CDLL", NoMallopt)
+    assert _malloc.keep_freed_memory() is False
+
+    def windows(name: object) -> None:
+        raise TypeError("LoadLibrary() argument 1 must be str, not None")
+
+    monkeypatch.setattr(_malloc.ctypes, "CDLL", windows)
+    assert _malloc.keep_freed_memory() is False

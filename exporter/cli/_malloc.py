@@ -32,7 +32,7 @@ def keep_freed_memory() -> bool:
         return True
     try:
         mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc (macOS, Windows): nothing to tune
+    except (OSError, AttributeError, TypeError):  # no mallopt (macOS), no C library by None (Windows)
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     # both, or the trim threshold alone would switch glibc's dynamic mmap threshold off (every block
