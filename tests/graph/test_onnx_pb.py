@@ -103,7 +103,8 @@ def test_the_parity_check_hands_onnxruntime_the_bytes_it_checked(tmp_path: Path,
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
     onnx.external_data_helper.convert_model_to_external_data(model, location="c.bin", size_threshold=0,
                                                              convert_attribute=True)
-    path = tmp_path / "const.onnx"
+    (tmp_path / "model").mkdir()
+    path = tmp_path / "model" / "const.onnx"
     onnx.save(model, str(path))
     assert not onnx.load(str(path), load_external_data=False).graph.initializer  # the attribute is external
     proto, data = load_with_bytes(path)
@@ -113,7 +114,9 @@ def test_the_parity_check_hands_onnxruntime_the_bytes_it_checked(tmp_path: Path,
     assert ran.ran and np.array_equal(run(session, opened.proto, np.zeros(256, np.float32), "cpu")[0],
                                       np.arange(256, dtype=np.float32))
 
-    (tmp_path / "c.bin").unlink()  # a hostile or broken reference still fails before anything runs
-    (tmp_path / "c.bin").symlink_to("/etc/hostname")
+    outside = tmp_path / "outside.bin"  # a hostile reference still fails before anything runs
+    outside.write_bytes((tmp_path / "model" / "c.bin").read_bytes())
+    (tmp_path / "model" / "c.bin").unlink()
+    (tmp_path / "model" / "c.bin").symlink_to(outside)
     with pytest.raises(InputError, match="leads out of the model's folder"):
         load_with_bytes(path)
