@@ -78,8 +78,8 @@ def load_onnx(path: str | Path, *, load_weights: bool = False):  # -> onnx.Model
 def load_scanned(path: str | Path, *, load_weights: bool = False) -> tuple[Any, Scan | None]:
     """:func:`load_onnx`, and the :class:`Scan` of its quick pass when the model is plain (else None)."""
     p = Path(path)
-    model = _parse(p, _read_model_file(p))
-    return _checked(p, model, load_weights)
+    model, scan, _ = _checked(p, _parse(p, _read_model_file(p)), load_weights)
+    return model, scan
 
 
 def load_with_bytes(path: str | Path) -> tuple[Any, bytes | None]:
@@ -88,10 +88,8 @@ def load_with_bytes(path: str | Path) -> tuple[Any, bytes | None]:
     and parsed, without a second read or a serialization of the parsed copy."""
     p = Path(path)
     data = _read_model_file(p)
-    model, scan = _checked(p, _parse(p, data), False)
-    if scan is not None or not any(t.data_location == _EXTERNAL for _, t in iter_tensors(model)):
-        return model, data
-    return model, None
+    model, _, external = _checked(p, _parse(p, data), False)
+    return model, None if external else data
 
 
 def _parse(p: Path, data: bytes) -> Any:
@@ -109,19 +107,25 @@ def _parse(p: Path, data: bytes) -> Any:
     return model
 
 
-def _checked(p: Path, model: Any, load_weights: bool) -> tuple[Any, Scan | None]:
-    """``model`` (parsed from ``p``) with every tensor checked (see the module doc), and its :class:`Scan`."""
+def _checked(p: Path, model: Any, load_weights: bool) -> tuple[Any, Scan | None, bool]:
+    """``model`` (parsed from ``p``) with every tensor checked (see the module doc), its :class:`Scan`, and
+    whether any tensor is external data (left so: ``load_weights`` reads it in)."""
     scan = _all_plain(model)
     if scan is not None:  # the common case, checked in one quick pass: nothing external, nothing to read
-        return model, scan
+        return model, scan, False
     base = model_dir(p)
+    external = False
     for where, tensor in iter_tensors(model):
         ref = check_tensor(tensor, base, where=f"{p}: {where}", need_data=load_weights)
-        if load_weights and ref is not None:
+        if ref is None:
+            continue
+        if load_weights:
             tensor.raw_data = b"".join(_read_external(ref, f"{p}: {where}"))
             tensor.data_location = 0
             del tensor.external_data[:]
-    return model, None
+        else:
+            external = True
+    return model, None, external
 
 
 def _first_line(exc: BaseException) -> str:
