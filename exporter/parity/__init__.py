@@ -251,12 +251,14 @@ def check_parity(
         training = meta.get("yexport.training") == "1"
     if head is None:
         head = meta.get("yexport.head", "decode")
-    if exported is None and meta.get("yexport.keep_bn") == "0":
+    own = exported is None and meta.get("yexport.keep_bn") == "0"
+    if own:  # a copy of our own: build_reference configures it as it is (no second copy)
         exported = fused_copy(model)
     explicit = o.atol is not None or o.rtol is not None
     ref = build_reference(model, shapes or default_shapes(proto), inputs=o.inputs, images=o.images, training=training,
                           head=head, seed=seed, device=device, exported=exported, truth=not explicit,
-                          precision=file_precision(proto), cuda_floor="cuda" in (*o.providers, *o.require))
+                          precision=file_precision(proto), cuda_floor="cuda" in (*o.providers, *o.require),
+                          own_exported=own)
     return compare_with(opened, ref, providers=o.providers, require=o.require, atol=o.atol, rtol=o.rtol,
                         output_atol=o.output_atol, model=model, detections=o.detections, repeat=repeat,
                         strict=o.strict)

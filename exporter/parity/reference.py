@@ -81,12 +81,13 @@ def detect_of(model: Any) -> Any:
     return last if isinstance(last, Detect) else None
 
 
-def reference_model(model: Any, *, head: str = "decode", training: bool = False) -> Any:
+def reference_model(model: Any, *, head: str = "decode", training: bool = False, copy: bool = True) -> Any:
     """A copy of ``model`` configured like an export (Detect output mode; with the raw head, the network
-    part of a detector with post-processing), in eval or train mode."""
+    part of a detector with post-processing), in eval or train mode. ``copy=False`` configures ``model``
+    itself: for a module that is already a private copy."""
     from exporter.models.detection import network_part
 
-    ref = deepcopy(model).float()
+    ref = (deepcopy(model) if copy else model).float()
     det = detect_of(ref)
     if det is not None:
         det.output, det.int_shapes = head, False
@@ -195,14 +196,15 @@ def _truth(ref: Any, cases: list[Case], dtype: Any) -> str:
 def build_reference(model: Any, shapes: list[tuple[int, ...]], *, inputs: int | None = None,
                     images: str | None = None, training: bool = False, head: str = "decode", seed: int = 0,
                     device: str = "cpu", exported: Any = None, truth: bool = True,
-                    precision: str = "float32", cuda_floor: bool = False) -> Reference:
+                    precision: str = "float32", cuda_floor: bool = False, own_exported: bool = False) -> Reference:
     """Forwards of ``model`` for every parity input: the noise floor in the file's ``precision`` (fp32 on
     ``device``; for float16 files PyTorch's float16 on CUDA, or :func:`fp16_storage` on the CPU) and the
     float64 truth on the CPU; with ``exported`` (the module that was captured, when it differs from
     ``model``), its fp32 forward too, on the first input (:data:`EXPORTED_CASES`). ``truth=False`` skips
     the float64 forward (the explicit tolerance rule needs none). For float16 files every input is rounded
     to float16 first, so all forwards see the values the file sees. ``cuda_floor``: also measure the floor with PyTorch on CUDA (for the CUDA
-    provider), where torch can use CUDA."""
+    provider), where torch can use CUDA. ``own_exported``: ``exported`` is a private copy made for this call
+    (:func:`fused_copy`), configured and run as it is rather than copied again."""
     import torch
 
     dev = torch.device(device)
@@ -214,7 +216,8 @@ def build_reference(model: Any, shapes: list[tuple[int, ...]], *, inputs: int | 
         else:
             floor_model, floor = fp16_storage(ref32), "PyTorch float16 storage (emulated on the CPU)"
     no_f64 = "" if truth else "not needed by the tolerance rule"
-    exp32 = reference_model(exported, head=head, training=training).to(dev) if exported is not None else None
+    exp32 = (reference_model(exported, head=head, training=training, copy=not own_exported).to(dev)
+             if exported is not None else None)
     cuda_model, cuda_dtype = None, torch.float32
     if cuda_floor and torch.cuda.is_available() and dev.type != "cuda":
         cuda_model = deepcopy(ref32).cuda()
