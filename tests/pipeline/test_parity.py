@@ -23,7 +23,7 @@ from exporter.parity import (
     compare_with,
     open_session,
 )
-from exporter.parity.compare import K_MAX, K_Q, QUANTILE, YoloLayout, whole, yolo_groups
+from exporter.parity.compare import K_MAX, K_Q, QUANTILE, SELECT_MIN, YoloLayout, whole, yolo_groups
 from exporter.parity.inputs import INPUT_SEED_OFFSET
 from tests.pipeline.conftest import Exported, TrainingExport, builtin, one_line_error, yexport
 
@@ -67,6 +67,43 @@ def test_floor_rule_exact_outputs_and_nan_and_shape() -> None:
     assert not compare_floor("o", bad, truth, truth, whole()).passed
     mismatch = compare_floor("o", np.zeros(11), truth, truth, whole())
     assert not mismatch.passed and math.isinf(mismatch.max_abs) and "shape" in mismatch.worst
+
+
+def _quantile_cases() -> list[np.ndarray]:
+    """Arrays the rule's percentile meets, and some that defeat a strided sample's threshold."""
+    rng = np.random.default_rng(0)
+    n = 3 * SELECT_MIN + 17
+    spiky = rng.random(n)
+    spiky[rng.integers(0, n, 60)] = np.inf
+    return [
+        rng.random(n), np.abs(rng.standard_normal(n)) * 1e-6,  # errors at the scale of fp32 rounding
+        rng.integers(0, 4, n).astype(np.float64),  # heavy ties around the percentile
+        np.sort(rng.random(n)), np.sort(rng.random(n))[::-1].copy(),  # the sample follows the order
+        np.zeros(n), spiky,
+        np.tile(rng.random(64), n // 64 + 1)[:n],  # periodic with the sample's step
+        np.where(np.arange(n) % (n // 8192) == 0, 0.0, 1.0),  # the sample sees only the smallest value
+        rng.random(n) + 10.0 * (np.arange(n) % (n // 8192) == 0),  # only the largest: too few pass (numpy's path)
+        rng.random((n // 85 + 1, 85))[..., 5:],  # a column group: a view that is not contiguous
+        rng.random(SELECT_MIN - 1), rng.random(n).astype(np.float32),  # numpy's own path
+    ]
+
+
+@pytest.mark.parametrize("k", range(13))
+def test_percentile_is_numpys_to_the_bit(k: int) -> None:
+    from exporter.parity.compare import _q
+
+    a = _quantile_cases()[k]
+    with np.errstate(invalid="ignore"):  # inf - inf in numpy's interpolation of the spiky case
+        want = float(np.quantile(a, QUANTILE))
+        assert _q(a) == want or (math.isnan(want) and math.isnan(_q(a)))
+
+
+def test_percentile_with_a_nan_is_nan() -> None:
+    from exporter.parity.compare import _q
+
+    a = np.random.default_rng(1).random(4 * SELECT_MIN)
+    a[12345] = np.nan
+    assert math.isnan(_q(a)) and math.isnan(float(np.quantile(a, QUANTILE)))
 
 
 def _layout() -> YoloLayout:
@@ -191,6 +228,30 @@ def test_report_text_and_json(n320: Exported) -> None:
     assert "output0[xy]" in table.stdout and "fp32 q99.9" in table.stdout and "detections (conf 0.25" in table.stdout
     assert "fusion" in table.stdout and "=> PASS" in table.stdout
     assert yexport("check", n320.path, "--no-detections", "--json").exit_code == 0
+
+
+def test_a_fused_file_is_checked_on_two_copies_of_the_model(n320: Exported, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reference copy and the fused copy: check_parity runs the fused copy it made as it is (no
+    third copy), and the caller's model is untouched."""
+    import exporter.parity.reference as reference
+
+    copies: list[str] = []
+    real = reference.deepcopy
+
+    def counted(m: object, *a: object) -> object:
+        copies.append(type(m).__name__)
+        return real(m, *a)
+
+    monkeypatch.setattr(reference, "deepcopy", counted)
+    model = builtin("yolov5n").model
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    det = model.model[-1]
+    mode = (det.output, det.int_shapes, model.training)
+    rep = check_parity(n320.path, model, detections=False)
+    assert rep and rep.providers[0].cases[0].fusion_max_abs is not None
+    assert copies == [type(model).__name__] * 2
+    assert (det.output, det.int_shapes, model.training) == mode
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
 
 
 def test_repeat_reports_the_run_to_run_spread(n320: Exported) -> None:
