@@ -48,7 +48,7 @@ EXAMPLES = (
 )
 
 
-@click.command("check", cls=Command, examples=EXAMPLES, sections={'Checked inputs': ('shapes', 'device', 'repeat', 'strict')},
+@click.command("check", cls=Command, examples=EXAMPLES, sections={'Checked inputs': ('shapes', 'device', 'repeat', 'sources', 'strict')},
                short_help='Check an ONNX file against its PyTorch model (parity).')
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--against", default=None, metavar="MODEL",
@@ -62,9 +62,12 @@ EXAMPLES = (
 @click.option("--repeat", type=click.IntRange(min=1), default=1, show_default=True,
               help="Run each provider N times on the first input and report the run-to-run spread "
                    "(0 on a deterministic provider).")
+@click.option("--sources", is_flag=True,
+              help="For a fused file, measure the capture (ONNX vs the fused module) and fusion (fused vs "
+                   "unfused PyTorch) figures on a pass too; a failing check always measures them.")
 @model_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def check(file: str, against: str | None, shapes: str | None, device: str, repeat: int,
+def check(file: str, against: str | None, shapes: str | None, device: str, repeat: int, sources: bool,
           cfg: str | None, nc: int | None, seed: int, trust_checkpoint: bool, as_json: bool, **flags: Any) -> None:
     """Check FILE.onnx against its PyTorch model on onnxruntime providers.
 
@@ -83,7 +86,7 @@ def check(file: str, against: str | None, shapes: str | None, device: str, repea
         raise ConfigError(f"{file}: no model to compare with: give --against MODEL")
     source = load_from_cli(target, cfg, nc, seed, trust_checkpoint)
     report = check_parity(file, source.model, **parity.as_kwargs(), shapes=_parse_shapes(shapes), seed=seed,
-                          device=device, repeat=repeat)
+                          device=device, repeat=repeat, sources=True if sources else None)
     if as_json:
         click.echo(json.dumps({"file": file, "against": target, **report.to_dict()}, indent=2))
     else:

@@ -33,7 +33,14 @@ from exporter.parity.compare import (
     yolo_groups,
 )
 from exporter.parity.inputs import default_shapes, image_files, letterbox, make_inputs
-from exporter.parity.reference import Reference, build_reference, file_precision, fused_copy, reference_model
+from exporter.parity.reference import (
+    Reference,
+    build_reference,
+    exported_forwards,
+    file_precision,
+    fused_copy,
+    reference_model,
+)
 from exporter.parity.report import CaseParity, GroupParity, OutputParity, ParityReport, ProviderParity
 from exporter.parity.runtime import open_session
 
@@ -126,6 +133,8 @@ def compare_with(onnx_model: Any, ref: Reference, *, providers: tuple[str, ...] 
             found = locate(proto, model, ref.cases[failing].x, provider=result.provider,
                            training=ref.mode == "train", head=ref.head)
             result.divergence = str(found)
+    if ref.exported_later is not None:
+        _sources_on_failure(report, ref, runs, out_names, explicit, has_truth, a, r, output_atol, detections)
     report.degenerate = degenerate_outputs(out_names, ref)
     report.strict = strict
     if "cpu" in runs:
@@ -134,6 +143,26 @@ def compare_with(onnx_model: Any, ref: Reference, *, providers: tuple[str, ...] 
                 p.vs_cpu_max_abs = max((_max_abs(x, y) for xs, ys in zip(runs[p.requested], runs["cpu"], strict=True)
                                         for x, y in zip(xs, ys, strict=True)), default=0.0)
     return report
+
+
+def _sources_on_failure(report: ParityReport, ref: Reference, runs: dict[str, list[list[np.ndarray]]],
+                        out_names: list[str], explicit: bool, has_truth: bool, atol: float, rtol: float,
+                        output_atol: dict[str, float], detections: bool) -> None:
+    """The capture and fusion figures of a fused file checked on its own, made only when a provider failed
+    (the fused copy and its forward on the first input); on a pass, a note says they were not measured."""
+    if all(c.passed for p in report.providers for c in p.cases):
+        report.notes.append("capture and fusion figures not measured: nothing failed (--sources measures them)")
+        return
+    later, ref.exported_later = ref.exported_later, None
+    assert later is not None
+    for case, ye in zip(ref.cases, later(), strict=True):
+        case.exported = ye
+    for p in report.providers:
+        floors = _pooled_floors(ref, p.requested)
+        for k, (case, outs) in enumerate(zip(ref.cases, runs.get(p.requested, []), strict=False)):
+            if case.exported is not None:
+                p.cases[k] = _case(case, outs, out_names, ref, explicit, has_truth, atol, rtol, output_atol,
+                                   detections, p.requested, floors)
 
 
 def degenerate_outputs(names: list[str], ref: Reference) -> list[str]:
@@ -233,14 +262,17 @@ def check_parity(
     repeat: int = 1,
     exported: Any = None,
     strict: bool = _DEFAULT.strict,
+    sources: bool | None = None,
 ) -> ParityReport:
     """Compare ``onnx_model`` (path, bytes or ModelProto) with the PyTorch ``model``.
 
     The parity keywords are :class:`~exporter.options.ParityOptions`' fields, with its defaults and
     its validation (``output_atol`` None: none). ``training``/``head``/``shapes`` default to what the
     file's yexport metadata says (a training-mode file is compared with a train-mode forward on a copy;
-    a fused file's capture error is measured against a fused copy). Returns a :class:`ParityReport`
-    (truthy on pass)."""
+    a fused file's capture error is measured against a fused copy). ``sources``: whether that fused copy
+    is made and run for the capture and fusion figures (on the first input): True always, False never, None
+    (the default) only when a provider fails, where they say where the error comes from; the verdict never
+    depends on them. Returns a :class:`ParityReport` (truthy on pass)."""
     o = ParityOptions(providers=tuple(providers), require=tuple(require), atol=atol, rtol=rtol,
                       output_atol=dict(output_atol or {}), inputs=inputs, images=images, strict=strict,
                       detections=detections).validate()
@@ -251,14 +283,20 @@ def check_parity(
         training = meta.get("yexport.training") == "1"
     if head is None:
         head = meta.get("yexport.head", "decode")
-    own = exported is None and meta.get("yexport.keep_bn") == "0"
-    if own:  # a copy of our own: build_reference configures it as it is (no second copy)
+    # a fused file: the module exported is a fused copy of the model, made here (and run as it is)
+    fused = exported is None and meta.get("yexport.keep_bn") == "0" and hasattr(model, "fuse")
+    if fused and sources:
         exported = fused_copy(model)
     explicit = o.atol is not None or o.rtol is not None
     ref = build_reference(model, shapes or default_shapes(proto), inputs=o.inputs, images=o.images, training=training,
                           head=head, seed=seed, device=device, exported=exported, truth=not explicit,
                           precision=file_precision(proto), cuda_floor="cuda" in (*o.providers, *o.require),
-                          own_exported=own)
+                          own_exported=fused)
+    if fused and not sources:
+        ref.fused = True  # the capture figure is against the fused copy, never the unfused forward
+        if sources is None:
+            ref.exported_later = lambda: exported_forwards(fused_copy(model), ref, head=head, training=training,
+                                                           device=device, copy=False)
     return compare_with(opened, ref, providers=o.providers, require=o.require, atol=o.atol, rtol=o.rtol,
                         output_atol=o.output_atol, model=model, detections=o.detections, repeat=repeat,
                         strict=o.strict)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from exporter.parity.reference import EXPORTED_CASES, Reference, build_reference, flatten, reference_model
+from exporter.parity.reference import Reference, build_reference, exported_forwards
 
 MAX_ENTRIES = 2
 MAX_BYTES = 768 << 20  # a dynamic-batch yolov5x reference is ~0.4 GB; more is not kept
@@ -80,27 +80,6 @@ def _arrays_bytes(ref: Reference) -> int:
     return total
 
 
-def _exported_forwards(exported: Any, ref: Reference, *, head: str, training: bool,
-                       device: str) -> list[list[np.ndarray] | None]:
-    """The fp32 forward of the exported module on the first case(s) of ``ref`` (the inputs the other forwards
-    saw; :data:`EXPORTED_CASES`), None for the others."""
-    import torch
-
-    dev = torch.device(device)
-    m = reference_model(exported, head=head, training=training).to(dev)
-    out: list[list[np.ndarray] | None] = []
-    with torch.no_grad():
-        for i, c in enumerate(ref.cases):
-            if i >= EXPORTED_CASES:
-                out.append(None)
-                continue
-            feeds = getattr(c, "feeds", (c.x,))
-            args = [torch.from_numpy(a).to(device=dev, dtype=torch.float32 if a.dtype.kind == "f" else None)
-                    for a in feeds]
-            out.append(flatten(m(*args)))
-    return out
-
-
 def _hashable(v: Any) -> Any:
     if isinstance(v, (list, tuple)):
         return tuple(_hashable(x) for x in v)
@@ -137,7 +116,7 @@ def cached_reference(model: Any, shapes: list[tuple[int, ...]], *, exported: Any
     assert efp is not None
     ye = entry.exported.get(efp)
     if ye is None:
-        ye = _exported_forwards(exported, base, head=head, training=training, device=device)
+        ye = exported_forwards(exported, base, head=head, training=training, device=device)
         entry.exported = {efp: ye}  # one exported module per entry: the variants of one run share it
         entry.nbytes = _arrays_bytes(base) + sum(a.nbytes for outs in ye if outs for a in outs)
         _trim()

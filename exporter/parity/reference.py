@@ -6,6 +6,7 @@ Every forward runs on a private copy: the caller's model is never touched.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from copy import deepcopy
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,6 +61,9 @@ class Reference:
     notes: list[str] = field(default_factory=list)
     floor: str = "PyTorch fp32"  # what the noise floor is: PyTorch in the file's precision
     precision: str = "float32"  # the file's: float32 or float16
+    #: the exported module's forwards per case (:func:`exported_forwards`), made only when called: for a
+    #: fused file checked on its own, whose capture and fusion figures wait for a failure to explain
+    exported_later: Callable[[], list[list[np.ndarray] | None]] | None = None
 
 
 # The fp32 forward of the exported module (the fused copy) runs on the first input only: it gives the
@@ -163,6 +167,18 @@ def _forward(model: Any, x: np.ndarray | tuple[np.ndarray, ...], dtype: Any, dev
     args = [torch.from_numpy(a).to(device=device, dtype=dtype if a.dtype.kind == "f" else None) for a in feeds]
     with torch.no_grad():
         return flatten(model(*args))
+
+
+def exported_forwards(exported: Any, ref: Reference, *, head: str, training: bool, device: str,
+                      copy: bool = True) -> list[list[np.ndarray] | None]:
+    """The fp32 forward of the exported module on the first case(s) of ``ref`` (the inputs the other forwards
+    saw; :data:`EXPORTED_CASES`), None for the others. ``copy=False``: ``exported`` is a private copy, run
+    as it is."""
+    import torch
+
+    dev = torch.device(device)
+    m = reference_model(exported, head=head, training=training, copy=copy).to(dev)
+    return [_forward(m, c.feeds, torch.float32, dev) if i < EXPORTED_CASES else None for i, c in enumerate(ref.cases)]
 
 
 def fused_copy(model: Any) -> Any | None:

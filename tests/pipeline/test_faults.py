@@ -65,6 +65,27 @@ def test_check_cli_fails_a_broken_file_and_names_the_layer(good, tmp_path: Path)
     assert text.exit_code == 1 and "first diverging layer" in text.stdout and "=> FAIL" in text.stdout
 
 
+def test_a_failing_check_measures_where_the_error_comes_from(good, tmp_path: Path) -> None:
+    """check_parity of a fused file makes the fused copy only when a provider fails: the failure then has
+    its capture and fusion figures on the first input, as the export's own check has."""
+    from exporter.parity import check_parity
+
+    proto, _ = good
+    path = tmp_path / "bad.onnx"
+    onnx.save(broken(proto, faults(proto)["middle conv x1.001"]), str(path))
+    report = check_parity(path, builtin("yolov5n").model, detections=False)
+    assert not report
+    first, second = report.providers[0].cases
+    # the fault is in the file, not in the fusion: ONNX is further from the fused module than fused from unfused
+    assert first.fusion_max_abs is not None and first.fusion_max_abs > 0
+    assert first.outputs[0].capture_max_abs is not None and first.outputs[0].capture_max_abs > 3 * first.fusion_max_abs
+    assert second.fusion_max_abs is None and second.outputs[0].capture_max_abs is None
+    assert not any("not measured" in n for n in report.notes)
+    assert "capture" in report.format() and "fusion" in report.format()
+    never = check_parity(path, builtin("yolov5n").model, detections=False, sources=False)
+    assert not never and never.providers[0].cases[0].fusion_max_abs is None
+
+
 def faults_layer(proto: onnx.ModelProto, where: str) -> str:
     from tests.faults import pick_convs
 

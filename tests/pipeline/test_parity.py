@@ -219,11 +219,17 @@ def test_report_text_and_json(n320: Exported) -> None:
     assert [g["name"] for g in out["groups"]] == ["xy", "wh", "obj", "cls"]
     assert out["rule"] == "noise-floor" and 0 < out["ratio"] < K_Q and out["passed"] is True
     case = rep["providers"][0]["cases"][0]
+    # a pass has nothing to explain: the fused copy is not made, and a note says so
+    assert case["fusion_max_abs"] is None and out["capture_max_abs"] is None
+    assert any("capture and fusion figures not measured" in n for n in rep["notes"])
+    assert case["detections"]["line"].startswith("detections (conf 0.25, IoU 0.45)")
+    rep = json.loads(yexport("check", n320.path, "--json", "--sources").stdout)
+    case, out = rep["providers"][0]["cases"][0], rep["providers"][0]["outputs"][0]
     assert case["fusion_max_abs"] > 0 and out["capture_max_abs"] > 0
     later = rep["providers"][0]["cases"][1]  # the fused copy's forward ran on the first input only
     assert later["fusion_max_abs"] is None and later["outputs"][0]["capture_max_abs"] is None
-    assert case["detections"]["line"].startswith("detections (conf 0.25, IoU 0.45)")
-    table = yexport("check", n320.path)
+    assert not any("not measured" in n for n in rep["notes"])
+    table = yexport("check", n320.path, "--sources")
     assert table.exit_code == 0
     assert "output0[xy]" in table.stdout and "fp32 q99.9" in table.stdout and "detections (conf 0.25" in table.stdout
     assert "fusion" in table.stdout and "=> PASS" in table.stdout
@@ -247,7 +253,7 @@ def test_a_fused_file_is_checked_on_two_copies_of_the_model(n320: Exported, monk
     before = {k: v.clone() for k, v in model.state_dict().items()}
     det = model.model[-1]
     mode = (det.output, det.int_shapes, model.training)
-    rep = check_parity(n320.path, model, detections=False)
+    rep = check_parity(n320.path, model, detections=False, sources=True)
     assert rep and rep.providers[0].cases[0].fusion_max_abs is not None
     assert copies == [type(model).__name__] * 2
     assert (det.output, det.int_shapes, model.training) == mode
