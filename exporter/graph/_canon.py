@@ -89,9 +89,8 @@ class _Canonicalizer:
         """(inputs, outputs, initializers, nodes, notes); with ``text`` the nodes come as their snapshot
         lines (exactly what :func:`render_body` makes of the nodes), without building them."""
         g = self.g
-        scan = self.scan
         # -- every node field, read once ---------------------------------------------------------
-        nodes = scan.nodes if scan is not None else list(g.node)
+        nodes = list(g.node)
         # one comprehension per field: the loop that appends to five lists costs a third more
         n_in: list[list[str]] = [nd.input[:] for nd in nodes]
         n_out: list[list[str]] = [nd.output[:] for nd in nodes]
@@ -104,6 +103,7 @@ class _Canonicalizer:
         n_attrs: list[dict[str, str]] = []
         with_graphs: list[int] = []
         render_attrs = self._attrs.render
+        scan = self.scan
         keys = scan.attr_keys if scan is not None else [b""] * len(nodes)  # b"": serialize here
         for nd, key in zip(nodes, keys, strict=True):
             if key is None:  # no attributes (known from the scan)

@@ -57,14 +57,12 @@ def model_dir(path: str | Path) -> Path:
 class Scan:
     """What the loader's one quick pass over a plain model (:func:`_all_plain`) read, handed on so
     that the canonicalizer does not read it again: the initializers' names, messages, element types
-    and dims in file order, the nodes' messages and per node its serialized attributes (None: it has
-    none)."""
+    and dims in file order, and per node its serialized attributes (None: it has none)."""
 
     init_names: list[str]
     init_tensors: list[Any]
     init_meta: list[tuple[int, tuple[int, ...]]]
     attr_keys: list[bytes | None]
-    nodes: list[Any]
 
 
 def load_onnx(path: str | Path, *, load_weights: bool = False):  # -> onnx.ModelProto
@@ -237,8 +235,7 @@ def _all_plain(model: Any) -> Scan | None:
         meta.append(m)
     keys: list[bytes | None] = []
     seen: dict[bytes, bytes] = {}
-    nodes = list(g.node)
-    for n in nodes:
+    for n in g.node:
         attrs = n.attribute
         if not attrs:
             keys.append(None)
@@ -257,7 +254,7 @@ def _all_plain(model: Any) -> Scan | None:
             if len(a.tensors) or a.HasField("sparse_tensor") or len(a.sparse_tensors) or a.HasField("g") \
                     or len(a.graphs):
                 return None
-    return Scan(names, tensors, meta, keys, nodes)
+    return Scan(names, tensors, meta, keys)
 
 
 def declared_bytes(tensor: Any) -> int:
