@@ -176,22 +176,26 @@ def _substitutions(ga: CanonGraph, gb: CanonGraph) -> list[str]:
 
 
 def _widths(ga: CanonGraph, gb: CanonGraph, pairs: list[tuple[int, int]]) -> list[str]:
-    convs: list[tuple[str | None, Fraction]] = []
-    unchanged: list[str | None] = []
+    changed: list[tuple[CNode, CNode, Fraction]] = []
+    same: list[tuple[CNode, CNode]] = []
+    channels: dict[str, int | None] = {}  # per type text: a graph has few
     for ia, ib in pairs:
         a, b = ga.nodes[ia], gb.nodes[ib]
         if a.op != b.op or a.op not in _WIDTH_OPS or not a.output_types or not b.output_types:
             continue
-        ca, cb = _channels(a.output_types[0]), _channels(b.output_types[0])
+        ta, tb = a.output_types[0], b.output_types[0]
+        ca = channels[ta] if ta in channels else channels.setdefault(ta, _channels(ta))
+        cb = channels[tb] if tb in channels else channels.setdefault(tb, _channels(tb))
         if not ca or not cb:
             continue
-        layer = _layer_name(a, b)
         if ca == cb:
-            unchanged.append(layer)
+            same.append((a, b))
         else:
-            convs.append((layer, Fraction(cb, ca)))
-    if not convs:
+            changed.append((a, b, Fraction(cb, ca)))
+    if not changed:  # no width changed: no layer needs naming
         return []
+    convs = [(_layer_name(a, b), r) for a, b, r in changed]
+    unchanged = [_layer_name(a, b) for a, b in same]
     total = len(convs) + len(unchanged)
     ratios = Counter(r for _, r in convs)
     if len(ratios) == 1:
