@@ -160,7 +160,7 @@ def _diff(ga: CanonGraph, gb: CanonGraph, ign: tuple[str, ...], atol: float, run
     res.initializers_with_removed_nodes = len({r for n in removed for r in n.inputs if r in sa.inits})
 
     compare_pairs(sa, sb, pairs, match, ident_b, matching.same, ignore_values, atol, res)
-    compare_unused_initializers(ga, gb, res)
+    compare_unused_initializers(sa, sb, res)
     compare_interface(sa, sb, match, ident_b, res, check_names="names" not in ign)
     if (ga.kind == "snapshot" or gb.kind == "snapshot") and not ignore_values:
         res.notes.append("initializer values compared by content hash only (a snapshot holds no values); "

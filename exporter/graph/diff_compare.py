@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import json
 from collections import Counter
-from itertools import chain
 from typing import Any
 
 from exporter.graph.canon_graph import CanonGraph, CNode, CValue
@@ -41,8 +40,9 @@ def slot_name(op: str, slot: int, opset: int | None) -> str:
 class Side:
     """Per-graph lookups used by the diff: initializers and producers by ref, graph input positions,
     the constant values (:mod:`exporter.graph.constants`, each node's reads as everything it reads),
-    Identity aliases of initializers, and per node its data inputs (the inputs that are neither
-    constant nor omitted) with their types."""
+    Identity aliases of initializers, per node its data inputs (the inputs that are neither
+    constant nor omitted) with their types, and ``used``: what the nodes with a constant input and the
+    graph outputs read (every initializer that is read is among them)."""
 
     def __init__(self, g: CanonGraph, tag: str) -> None:
         self.g = g
@@ -77,6 +77,7 @@ class Side:
         # the canonicalizer shares input-type lists between nodes: one tuple per list (the nodes hold
         # the lists, so their ids stay distinct meanwhile)
         by_list: dict[int, tuple[str, ...]] = {}
+        used: set[str] = set()  # every value read by a node with a constant input: the initializers read
         for n in nodes:
             ins = n.inputs
             if disjoint(ins):  # every input is data (the common case)
@@ -88,12 +89,15 @@ class Side:
                     t = by_list[id(tys)] = shared(t, t)
                 data_types.append(t)
             else:  # the slot and type tuples are shared too: a Conv's (0,) and its input type, once
+                used.update(ins)
                 sl = tuple([k for k, r in enumerate(ins) if r not in const])
                 tys = n.input_types
                 slots.append(shared_slots(sl, sl))
                 t = tuple([tys[k] for k in sl])
                 data_types.append(shared(t, t))
         const.discard("_")
+        used.update([v.source for v in g.outputs if v.source is not None])
+        self.used = used
 
     def data(self, idx: int) -> list[tuple[int, str, str]]:
         """(slot, ref, type) of the data inputs of node ``idx``."""
@@ -326,13 +330,12 @@ def _where(sa: Side, ia: int, ib: int, slot: int) -> str:
     return f"A%{ia}/B%{ib} {op} {_slot(sa, op, slot)}"
 
 
-def compare_unused_initializers(ga: CanonGraph, gb: CanonGraph, res: DiffResult) -> None:
-    def unused(g: CanonGraph) -> Counter[str]:
-        used = set(chain.from_iterable([n.inputs for n in g.nodes]))
-        used.update(v.source for v in g.outputs if v.source is not None)
-        return Counter(i.type for i in g.initializers if i.ref not in used)
+def compare_unused_initializers(sa: Side, sb: Side, res: DiffResult) -> None:
+    def unused(side: Side) -> Counter[str]:  # read by no node and no graph output
+        used = side.used
+        return Counter([i.type for i in side.g.initializers if i.ref not in used])
 
-    ua, ub = unused(ga), unused(gb)
+    ua, ub = unused(sa), unused(sb)
     for t in sorted(set(ua) | set(ub)):
         res.initializers.extend({"kind": "removed", "where": "unused initializer", "a": t, "b": None}
                                 for _ in range(ua[t] - ub[t]))

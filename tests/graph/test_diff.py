@@ -152,6 +152,37 @@ def test_initializer_values_atol_and_ignore(save, builders) -> None:
     assert code == 1 and "values differ (max |delta| 0.001" in out
 
 
+def _with_initializers(unread: list[tuple[int, ...]], output_init: bool, read_w: bool = True) -> onnx.ModelProto:
+    """Relu(x) * w: ``w`` is read by a node (else Relu(x) * Relu(x)); the ``unread`` initializers (shapes)
+    by nothing; with ``output_init`` one more is a graph output, read by no node (it is used all the same)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])
+    outs = [y]
+    inits = [numpy_helper.from_array(np.ones(4, np.float32), "w")]
+    inits += [numpy_helper.from_array(np.zeros(s, np.float32), f"unread{k}") for k, s in enumerate(unread)]
+    if output_init:
+        inits.append(numpy_helper.from_array(np.full(2, 3.0, np.float32), "const_out"))
+        outs.append(helper.make_tensor_value_info("const_out", TensorProto.FLOAT, [2]))
+    nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Mul", ["a", "w" if read_w else "a"], ["y"])]
+    return helper.make_model(helper.make_graph(nodes, "g", [x], outs, inits), opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_unused_initializers_are_counted_by_type() -> None:
+    a = _with_initializers([(3,)], output_init=True)
+    b = _with_initializers([(3,), (3,), (5, 2)], output_init=True)
+    r = diff(a, b)
+    unused = sorted((c["kind"], c["b"]) for c in r.initializers if c["where"] == "unused initializer")
+    assert unused == [("added", "f32[3]"), ("added", "f32[5,2]")]  # the read one and the output are used
+    r = diff(b, a)
+    assert sorted((c["kind"], c["a"]) for c in r.initializers) == [("removed", "f32[3]"), ("removed", "f32[5,2]")]
+    assert diff(a, a).identical
+    r = diff(a, _with_initializers([(3,)], output_init=True, read_w=False))  # w is no longer read
+    assert [(c["kind"], c["b"]) for c in r.initializers if c["where"] == "unused initializer"] == [("added", "f32[4]")]
+    # a graph output that is an initializer counts as used: taking it away is an output change only
+    r = diff(_with_initializers([], output_init=True), _with_initializers([], output_init=False))
+    assert not r.initializers and r.outputs
+
+
 def test_initializer_shape_change(builders) -> None:
     a, b = builders.chain(channels=(8, 16)), builders.chain(channels=(8, 24))
     r = diff(a, b)
