@@ -213,6 +213,7 @@ def compare_pairs(sa: Side, sb: Side, pairs: list[tuple[int, int]], match: dict[
     fa_get, fb_get, m_get = sa.first.get, sb.first.get, match.get
     slots_a, slots_b = sa.slots, sb.slots
     nodes_a, nodes_b = ga.nodes, gb.nodes
+    init_a, init_b = sa.inits.get, sb.inits.get
     for k, (ia, ib) in enumerate(pairs):
         na, nb = nodes_a[ia], nodes_b[ib]
         if same_sig is not None and same_sig[k]:
@@ -233,6 +234,24 @@ def compare_pairs(sa: Side, sb: Side, pairs: list[tuple[int, int]], match: dict[
             else:
                 changes: list[str] = []
                 if sla is not None or slb is not None:  # constant (or omitted) inputs to compare
+                    # the common case first: the same slots hold initializers on both sides, each pair
+                    # seen before or equal (anything else: the slot-by-slot comparison, from scratch)
+                    equal: list[tuple[str, str]] = []
+                    if sla == slb and len(ins_a) == len(ins_b):
+                        for j in range(len(ins_a)):
+                            if sla is not None and j in sla:
+                                continue
+                            wa, wb = ins_a[j], ins_b[j]
+                            xa, xb = init_a(wa), init_b(wb)
+                            if xa is None or xb is None:
+                                break
+                            if (wa, wb) not in seen:
+                                if xa.type != xb.type or not (ignore_values or xa.same_content(xb)):
+                                    break
+                                equal.append((wa, wb))
+                        else:
+                            seen.update(equal)
+                            continue
                     _constant_inputs(sa, sb, ia, ib, ignore_values, atol, res, seen, changes)
                 if changes:
                     res.changed.append({"a": f"%{ia}", "b": f"%{ib}", "op": nb.op, "name": nb.name or na.name,

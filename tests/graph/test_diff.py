@@ -152,6 +152,23 @@ def test_initializer_values_atol_and_ignore(save, builders) -> None:
     assert code == 1 and "values differ (max |delta| 0.001" in out
 
 
+def test_a_changed_bias_beside_an_equal_weight_and_a_shared_weight_changed_once(builders) -> None:
+    a = builders.chain(channels=(8, 8, 8))
+    b = builders.chain(channels=(8, 8, 8), names="renamed_")
+    bias = next(t for t in b.graph.initializer if t.name == "renamed_b1")
+    bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + 1, bias.name))
+    for m in (a, b):  # the third Conv reads the second Conv's weight: one initializer, two nodes
+        third = [n for n in m.graph.node if n.op_type == "Conv"][2]
+        third.input[1] = [n for n in m.graph.node if n.op_type == "Conv"][1].input[1]
+    shared = next(t for t in b.graph.initializer if t.name == "renamed_w1")
+    shared.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(shared) * 2, shared.name))
+    r = diff(a, b)
+    assert not r.structural
+    # the shared weight once (at its first reader), the bias once; the equal weight beside it not at all
+    assert sorted(c["where"].split(" Conv ")[1] for c in r.initializers) == ["input 1 (W)", "input 2 (B)"]
+    assert all(c["kind"] == "values" for c in r.initializers)
+
+
 def _with_initializers(unread: list[tuple[int, ...]], output_init: bool, read_w: bool = True) -> onnx.ModelProto:
     """Relu(x) * w: ``w`` is read by a node (else Relu(x) * Relu(x)); the ``unread`` initializers (shapes)
     by nothing; with ``output_init`` one more is a graph output, read by no node (it is used all the same)."""
