@@ -178,14 +178,12 @@ def _substitutions(ga: CanonGraph, gb: CanonGraph) -> list[str]:
 def _widths(ga: CanonGraph, gb: CanonGraph, pairs: list[tuple[int, int]]) -> list[str]:
     changed: list[tuple[CNode, CNode, Fraction]] = []
     same: list[tuple[CNode, CNode]] = []
-    channels: dict[str, int | None] = {}  # per type text: a graph has few
+    channels = functools.cache(_channels)  # per type text: a graph has few
     for ia, ib in pairs:
         a, b = ga.nodes[ia], gb.nodes[ib]
         if a.op != b.op or a.op not in _WIDTH_OPS or not a.output_types or not b.output_types:
             continue
-        ta, tb = a.output_types[0], b.output_types[0]
-        ca = channels[ta] if ta in channels else channels.setdefault(ta, _channels(ta))
-        cb = channels[tb] if tb in channels else channels.setdefault(tb, _channels(tb))
+        ca, cb = channels(a.output_types[0]), channels(b.output_types[0])
         if not ca or not cb:
             continue
         if ca == cb:

@@ -285,13 +285,14 @@ def check_parity(
         head = meta.get("yexport.head", "decode")
     # a fused file: the module exported is a fused copy of the model, made here (and run as it is)
     fused = exported is None and meta.get("yexport.keep_bn") == "0" and hasattr(model, "fuse")
-    if fused and sources:
+    own = fused and bool(sources)
+    if own:
         exported = fused_copy(model)
     explicit = o.atol is not None or o.rtol is not None
     ref = build_reference(model, shapes or default_shapes(proto), inputs=o.inputs, images=o.images, training=training,
                           head=head, seed=seed, device=device, exported=exported, truth=not explicit,
                           precision=file_precision(proto), cuda_floor="cuda" in (*o.providers, *o.require),
-                          own_exported=fused)
+                          own_exported=own)
     if fused and not sources:
         ref.fused = True  # the capture figure is against the fused copy, never the unfused forward
         if sources is None:
